@@ -1,0 +1,241 @@
+"""Sharpness of a minimiser: Metric 2.1 of Keskar et al. (ICLR 2017).
+
+    phi = (max_{y in C_eps} f(x + A y) - f(x)) / (1 + f(x)) * 100,
+    C_eps = { y in R^p : |y_i| <= eps (|(A^+ x)_i| + 1) },
+
+with x the flattened parameters, A an (n, p) matrix (the identity when `A is None`) and f
+the training loss. The inner maximum is solved inexactly, as in the paper, by a fixed number
+of box-constrained iterations; the value reported is always f at a point inside the box.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from flatmin._solvers import SOLVERS, maximize_in_box
+
+INITS = ("random", "zero")
+
+PyTree = Any
+LossFn = Callable[[PyTree], jax.Array]
+
+
+class SharpnessResult(NamedTuple):
+    """Everything `solve_sharpness` found.
+
+    Attributes:
+      value: scalar, the metric phi (a percentage of 1 + f(x); >= 0).
+      y: the maximiser, inside C_eps: a (p,) array for a subspace, or a pytree shaped like
+        `params` in the full space (the perturbation added to the parameters).
+      loss: scalar f(x).
+      max_loss: scalar f(x + A y), the largest loss found.
+      num_steps: scalar int, solver iterations run per start (= `maxiter`).
+    """
+
+    value: jax.Array
+    y: PyTree
+    loss: jax.Array
+    max_loss: jax.Array
+    num_steps: jax.Array
+
+
+def sharpness(
+    loss_fn: LossFn,
+    params: PyTree,
+    A: jax.Array | None = None,
+    eps: float = 1e-3,
+    *,
+    key: jax.Array | None = None,
+    solver: str = "lbfgsb",
+    maxiter: int = 10,
+    restarts: int = 1,
+    init: str = "random",
+) -> jax.Array:
+    """Metric 2.1: the (C_eps, A)-sharpness of `loss_fn` at `params`, a scalar >= 0.
+
+    See `solve_sharpness` for the arguments; this returns its `value` alone.
+    """
+    return solve_sharpness(
+        loss_fn,
+        params,
+        A,
+        eps,
+        key=key,
+        solver=solver,
+        maxiter=maxiter,
+        restarts=restarts,
+        init=init,
+    ).value
+
+
+def solve_sharpness(
+    loss_fn: LossFn,
+    params: PyTree,
+    A: jax.Array | None = None,
+    eps: float = 1e-3,
+    *,
+    key: jax.Array | None = None,
+    solver: str = "lbfgsb",
+    maxiter: int = 10,
+    restarts: int = 1,
+    init: str = "random",
+) -> SharpnessResult:
+    """Solves the inner maximum of Metric 2.1 and returns the metric with its maximiser.
+
+    Args:
+      loss_fn: params -> scalar loss f, e.g. the mean cross-entropy over the whole training set
+        in evaluation mode. Treated as static under `jax.jit`: pass the same function object
+        across calls to reuse the compiled program.
+      params: a pytree of floating arrays, the solution x (n numbers in all).
+      A: None for the full space (A = I, never materialised), or an (n, p) array whose columns
+        span a random subspace (see `random_subspace`). A^+ x is computed by least squares.
+      eps: box size, > 0 (the paper uses 1e-3 and 5e-4).
+      key: PRNG key for the random starting points; a fixed default keeps results
+        deterministic.
+      solver: "lbfgsb" (jaxopt.LBFGSB, the paper's L-BFGS-B) or "projected_gradient".
+      maxiter: iterations per start, run exactly: a tiny gradient at a minimiser does not stop
+        them early. The best point seen is kept, so more iterations never lower the value.
+      restarts: number of starting points solved at once (vmapped); the largest value wins.
+      init: "random" (every start uniform in the box) or "zero" (the first start at y = 0, as
+        the public reimplementations of the paper did; further starts random).
+
+    Returns:
+      A `SharpnessResult`.
+
+    Raises:
+      ValueError: for bad arguments, before any work; for a non-finite f(x) when called outside
+        `jax.jit`/`jax.vmap` (under a transformation the value is NaN instead, so one diverged
+        seed in a vmapped batch does not stop the others).
+
+    Float32 caveat: cross-entropy summed in float32 carries rounding noise of about 1e-7 per
+    example. When the training loss is that small, f(x + A y) - f(x) is mostly rounding noise
+    and phi measures it; compare minimisers at a training loss well above it, or enable
+    `jax_enable_x64` (everything here follows the dtype of `params`).
+    """
+    p = _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init)
+    if key is None:
+        key = jax.random.key(0)
+    result = _solve(loss_fn, params, A, eps, key, solver, maxiter, restarts, init, p)
+    if not isinstance(result.loss, jax.core.Tracer) and not np.isfinite(result.loss):
+        raise ValueError(
+            f"loss_fn(params) is not finite ({float(result.loss)}): sharpness is undefined at a "
+            "point where the loss is NaN or infinite (a diverged run?)"
+        )
+    return result
+
+
+def box_radius(params: PyTree, A: jax.Array | None, eps: float | jax.Array) -> jax.Array:
+    """Half-widths of C_eps, (p,): eps * (|(A^+ x)_i| + 1), with A^+ x = x when A is None."""
+    x, _ = ravel_pytree(params)
+    coords = x if A is None else jnp.linalg.lstsq(A.astype(x.dtype), x)[0]
+    return eps * (jnp.abs(coords) + 1)
+
+
+def _solve(loss_fn, params, A, eps, key, solver, maxiter, restarts, init, p) -> SharpnessResult:
+    x, unravel = ravel_pytree(params)
+    if A is not None:
+        A = A.astype(x.dtype)
+    radius = box_radius(params, A, jnp.asarray(eps, x.dtype))
+
+    def perturbation(y: jax.Array) -> jax.Array:
+        return y if A is None else A @ y
+
+    def f_of_z(z: jax.Array) -> jax.Array:
+        # The solvers work in z in [-1, 1]^p, y = radius * z: every coordinate then has the same
+        # range, whatever |(A^+ x)_i| is.
+        return loss_fn(unravel(x + perturbation(radius * z)))
+
+    starts = jax.random.uniform(key, (restarts, p), x.dtype, minval=-1.0, maxval=1.0)
+    if init == "zero":
+        starts = starts.at[0].set(0.0)
+    ones = jnp.ones(p, x.dtype)
+    found = jax.vmap(
+        lambda z0: maximize_in_box(f_of_z, z0, -ones, ones, solver=solver, maxiter=maxiter)
+    )(starts)
+
+    values = jnp.where(jnp.isfinite(found.value), found.value, -jnp.inf)
+    best = jnp.argmax(values)
+    loss = f_of_z(jnp.zeros(p, x.dtype))
+    # y = 0 is in the box, so the maximum is at least f(x), even if every start found less.
+    use_zero = ~(values[best] > loss)
+    z = jnp.where(use_zero, 0.0, found.argmax[best])
+    max_loss = jnp.where(use_zero, loss, found.value[best])
+    y = radius * z
+    return SharpnessResult(
+        value=(max_loss - loss) / (1 + loss) * 100,
+        y=unravel(y) if A is None else y,
+        loss=loss,
+        max_loss=max_loss,
+        num_steps=found.num_steps[best],
+    )
+
+
+_solve = jax.jit(_solve, static_argnames=("loss_fn", "solver", "maxiter", "restarts", "init", "p"))
+
+
+def _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init) -> int:
+    """Validates everything that can be checked without running the loss; returns p."""
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params must contain at least one array, got an empty pytree")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"params must hold floating arrays; leaf {jax.tree_util.keystr(path)} has dtype "
+                f"{jnp.result_type(leaf)}"
+            )
+    n = sum(int(np.size(leaf)) for leaf in leaves)
+
+    eps_value = _concrete(eps)
+    if eps_value is not None and not (np.isfinite(eps_value) and eps_value > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps_value}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if not isinstance(maxiter, int | np.integer) or maxiter < 1:
+        raise ValueError(f"maxiter must be an integer >= 1, got {maxiter!r}")
+    if not isinstance(restarts, int | np.integer) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+
+    if A is None:
+        p = n
+    else:
+        shape = np.shape(A)
+        if len(shape) != 2:
+            raise ValueError(f"A must be a 2-D (n, p) array, got shape {shape}")
+        if shape[0] != n:
+            raise ValueError(
+                f"A must have one row per parameter: params has n = {n} numbers, A has "
+                f"{shape[0]} rows"
+            )
+        p = shape[1]
+        if not 1 <= p <= n:
+            raise ValueError(f"A must have 1 <= p <= n = {n} columns, got p = {p}")
+        if not jnp.issubdtype(jnp.result_type(A), jnp.floating):
+            raise ValueError(f"A must be a floating array, got dtype {jnp.result_type(A)}")
+
+    out = jax.eval_shape(loss_fn, params)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(
+            f"loss_fn must return a floating scalar, got {getattr(out, 'shape', out)} "
+            f"of dtype {getattr(out, 'dtype', type(out).__name__)}"
+        )
+
+    # A diverged run's parameters are caught here, before the solve is compiled and run.
+    if _concrete(leaves) is not None and not all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
+        raise ValueError("params contain NaN or infinite values")
+    return p
+
+
+def _concrete(value):
+    """`value` itself when it is concrete, None when any part of it is traced."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+        return None
+    return value

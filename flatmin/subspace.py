@@ -1,0 +1,44 @@
+"""Random subspaces for Metric 2.1: the (n, p) matrix A of x + A y."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+DISTRIBUTIONS = ("gaussian", "uniform")
+
+
+def random_subspace(
+    key: jax.Array,
+    params: Any,
+    p: int = 100,
+    *,
+    distribution: str = "gaussian",
+    normalize: bool = False,
+) -> jax.Array:
+    """Draws A, (n, p), n the number of parameters in `params`, in their dtype.
+
+    Entries are standard normal ("gaussian") or uniform on [-1, 1] ("uniform"); with
+    `normalize=True` every column is scaled to unit Euclidean norm.
+
+    The paper says only that A's columns are "randomly generated" (its authors never said
+    how), and the choice moves the numbers by orders of magnitude: on a 3x512 MLP on digits,
+    unit-norm columns gave subspace sharpness near 1e-3 at every batch size, unnormalised
+    Gaussian columns 1.8 (small batch) to 13 (full batch), the scale of the paper's Table 4.
+    Unnormalised columns have norm ~sqrt(n), so y moves x much further than the box size
+    suggests. Record `distribution` and `normalize` with every result.
+    """
+    x, _ = ravel_pytree(params)
+    n = x.size
+    if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= n:
+        raise ValueError(f"p must be an integer with 1 <= p <= n = {n} (parameters), got {p!r}")
+    if distribution == "gaussian":
+        A = jax.random.normal(key, (n, p), x.dtype)
+    elif distribution == "uniform":
+        A = jax.random.uniform(key, (n, p), x.dtype, minval=-1.0, maxval=1.0)
+    else:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if normalize:
+        A = A / jnp.linalg.norm(A, axis=0, keepdims=True)
+    return A
