@@ -1,0 +1,163 @@
+"""Shapes, batch-norm and dropout behaviour, and exact parameter counts of flatmin.models."""
+
+import functools
+import math
+from itertools import pairwise
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from flatmin.models import MODELS, build_model, init_variables
+
+NUM_CLASSES = 7  # not 10, so that a hard-coded class count would show
+
+
+def _inputs(shape: tuple[int, ...], batch: int = 2, seed: int = 0) -> jax.Array:
+    return jax.random.uniform(jax.random.key(seed), (batch, *shape))
+
+
+@functools.cache
+def _init(name: str, input_shape: tuple[int, ...] = (8, 8, 1)) -> tuple[nn.Module, dict]:
+    """Model and variables, shared between tests: initialising C2 eagerly takes seconds."""
+    model = build_model(name, NUM_CLASSES)
+    return model, init_variables(model, jax.random.key(0), input_shape)
+
+
+def _count(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def _shapes(name: str, input_shape: tuple[int, ...], num_classes: int = 10) -> dict:
+    """Variable shapes without computing anything."""
+    model = build_model(name, num_classes)
+    return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), input_shape))
+
+
+def _apply(model: nn.Module, variables: dict, x: jax.Array, *, train: bool, seed: int = 0):
+    """Logits (batch, classes); with train=True, also the updated {"batch_stats": ...}."""
+    rngs = {"dropout": jax.random.key(seed)}
+    if train:
+        return model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
+    return model.apply(variables, x, train=False, rngs=rngs)
+
+
+def test_model_names():
+    assert MODELS == ("mlp", "f1", "f2", "c1", "c2", "c3", "c4")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_shape_on_8x8(name):
+    model, variables = _init(name)
+    assert set(variables) == {"params", "batch_stats"}
+    # Batch 4 as in the other tests: eager JAX compiles each operation once per shape.
+    x = _inputs((8, 8, 1), batch=4)
+    assert _apply(model, variables, x, train=False).shape == (4, NUM_CLASSES)
+    logits, _ = _apply(model, variables, x, train=True)
+    assert logits.shape == (4, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["c1", "c2"])
+def test_logits_shape_on_cifar_images(name):
+    model, variables = _init(name, (32, 32, 3))
+    assert _apply(model, variables, _inputs((32, 32, 3)), train=False).shape == (2, NUM_CLASSES)
+
+
+def test_train_updates_running_statistics_with_momentum_0_9():
+    model = build_model("mlp", NUM_CLASSES, hidden=(16, 16))
+    variables = init_variables(model, jax.random.key(0), (8, 8, 1))
+    x = _inputs((8, 8, 1), batch=4)
+    _, updates = _apply(model, variables, x, train=True)
+    # First BatchNorm: running stats start at mean 0 and variance 1 and move 10% of the way to
+    # the batch mean and (biased) variance of the first Dense layer's outputs.
+    dense = variables["params"]["Dense_0"]
+    pre_bn = x.reshape((4, -1)) @ dense["kernel"] + dense["bias"][None, :]
+    stats = updates["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * pre_bn.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * pre_bn.var(axis=0), rtol=1e-5)
+    # Every BatchNorm layer's statistics move.
+    for before, after in zip(
+        jax.tree.leaves(variables["batch_stats"]),
+        jax.tree.leaves(updates["batch_stats"]),
+        strict=True,
+    ):
+        assert not np.allclose(before, after)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_per_example_and_deterministic(name):
+    model, variables = _init(name)
+    x = _inputs((8, 8, 1), batch=4)
+    # Non-trivial running statistics, so that using them (not the batch's) is what is tested.
+    _, updates = _apply(model, variables, _inputs((8, 8, 1), batch=4, seed=1), train=True)
+    variables = {**variables, **updates}
+    batch = _apply(model, variables, x, train=False)
+    np.testing.assert_array_equal(batch, _apply(model, variables, x, train=False))
+    alone = _apply(model, variables, x[:1], train=False)
+    np.testing.assert_allclose(alone, batch[:1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["c1", "c2"])
+def test_dropout_depends_on_the_key_in_training_only(name):
+    model, variables = _init(name)
+    x = _inputs((8, 8, 1), batch=4)
+    first, _ = _apply(model, variables, x, train=True, seed=0)
+    again, _ = _apply(model, variables, x, train=True, seed=0)
+    other, _ = _apply(model, variables, x, train=True, seed=1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    evals = [_apply(model, variables, x, train=False, seed=seed) for seed in (0, 1)]
+    np.testing.assert_array_equal(*evals)
+
+
+def test_mlp_has_no_dropout():
+    model, variables = _init("mlp")
+    x = _inputs((8, 8, 1), batch=4)
+    outputs = [_apply(model, variables, x, train=True, seed=seed)[0] for seed in (0, 1)]
+    np.testing.assert_array_equal(*outputs)
+
+
+def test_f1_parameter_count():
+    widths = [784, 512, 512, 512, 512, 512, 10]
+    dense = sum(n_in * n_out + n_out for n_in, n_out in pairwise(widths))
+    batch_norm = 5 * 2 * 512  # scale and bias per hidden unit
+    shapes = _shapes("f1", (784,))
+    assert _count(shapes["params"]) == dense + batch_norm
+    assert _count(shapes["batch_stats"]) == 5 * 2 * 512  # running mean and variance
+
+
+def test_f2_is_seven_hidden_layers_of_512():
+    params = _shapes("f2", (39,), num_classes=1973)["params"]
+    widths = [params[f"Dense_{i}"]["kernel"].shape for i in range(8)]
+    assert widths == [(39, 512)] + [(512, 512)] * 6 + [(512, 1973)]
+
+
+def test_c1_parameter_count_on_cifar():
+    # Two 5x5 convs of 64 channels, each 3x3/2 "same" pool halves 32 -> 16 -> 8: 8 * 8 * 64 inputs.
+    convs = (5 * 5 * 3 * 64 + 64) + (5 * 5 * 64 * 64 + 64)
+    dense = (8 * 8 * 64 * 384 + 384) + (384 * 192 + 192) + (192 * 10 + 10)
+    batch_norm = 2 * (64 + 64 + 384 + 192)
+    assert _count(_shapes("c1", (32, 32, 3))["params"]) == convs + dense + batch_norm
+
+
+@pytest.mark.parametrize("input_shape", [(32, 32, 3), (8, 8, 1)])
+def test_c2_parameter_count(input_shape):
+    channels = [input_shape[-1], 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    # 3x3 kernel and bias, BatchNorm scale and bias.
+    convs = sum(3 * 3 * c_in * c_out + c_out + 2 * c_out for c_in, c_out in pairwise(channels))
+    # Five 2x2 "same" pools leave 1x1x512 of 32x32 inputs and of 8x8 (8 -> 4 -> 2 -> 1 -> 1 -> 1).
+    head = (512 * 512 + 512 + 2 * 512) + (512 * 10 + 10)
+    assert _count(_shapes("c2", input_shape)["params"]) == convs + head
+
+
+def test_c3_c4_are_c1_c2_with_other_class_counts():
+    for small, large in (("c1", "c3"), ("c2", "c4")):
+        assert _shapes(small, (32, 32, 3), 100) == _shapes(large, (32, 32, 3), 100)
+
+
+def test_build_model_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"name must be one of .*'mlp'.*'c4'.*got 'c5'"):
+        build_model("c5", 10)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("mlp", 1)
