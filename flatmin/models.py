@@ -29,6 +29,12 @@ BN_MOMENTUM = 0.9
 _kernel_init = nn.initializers.glorot_uniform()
 _Dense = partial(nn.Dense, kernel_init=_kernel_init)
 _Conv = partial(nn.Conv, kernel_init=_kernel_init, padding="SAME")
+# A layer followed by batch norm has no bias of its own (the authors' Keras layers had one):
+# in training mode BN cancels it, so its gradient is rounding noise, which Adam turns into steps
+# of size ~lr. The bias then drifts at random with BN's running mean chasing it, and in
+# evaluation mode, where BN does not cancel it, that drift reaches f and its sharpness.
+_DenseBN = partial(_Dense, use_bias=False)
+_ConvBN = partial(_Conv, use_bias=False)
 
 
 def _bn_relu(x: jax.Array, train: bool) -> jax.Array:
@@ -62,8 +68,10 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = _flatten(x)
         for width in self.hidden:
-            x = _Dense(width)(x)
-            x = _bn_relu(x, train) if self.batch_norm else nn.relu(x)
+            if self.batch_norm:
+                x = _bn_relu(_DenseBN(width)(x), train)
+            else:
+                x = nn.relu(_Dense(width)(x))
         return _Dense(self.num_classes)(x)
 
 
@@ -80,11 +88,11 @@ class ShallowCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for _ in range(2):
-            x = _bn_relu(_Conv(64, (5, 5))(x), train)
+            x = _bn_relu(_ConvBN(64, (5, 5))(x), train)
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         x = _flatten(x)
         for width in (384, 192):
-            x = _dropout(_bn_relu(_Dense(width)(x), train), 0.5, train)
+            x = _dropout(_bn_relu(_DenseBN(width)(x), train), 0.5, train)
         return _Dense(self.num_classes)(x)
 
 
@@ -109,12 +117,12 @@ class DeepCNN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for block, widths in enumerate(_VGG_BLOCKS):
             for i, width in enumerate(widths):
-                x = _bn_relu(_Conv(width, (3, 3))(x), train)
+                x = _bn_relu(_ConvBN(width, (3, 3))(x), train)
                 if i < len(widths) - 1:
                     x = _dropout(x, 0.3 if block == 0 else 0.4, train)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         x = _dropout(_flatten(x), 0.5, train)
-        x = _dropout(_bn_relu(_Dense(512)(x), train), 0.5, train)
+        x = _dropout(_bn_relu(_DenseBN(512)(x), train), 0.5, train)
         return _Dense(self.num_classes)(x)
 
 

@@ -72,7 +72,8 @@ def test_train_updates_running_statistics_with_momentum_0_9():
     # First BatchNorm: running stats start at mean 0 and variance 1 and move 10% of the way to
     # the batch mean and (biased) variance of the first Dense layer's outputs.
     dense = variables["params"]["Dense_0"]
-    pre_bn = x.reshape((4, -1)) @ dense["kernel"] + dense["bias"][None, :]
+    assert "bias" not in dense  # batch norm's own offset plays its part
+    pre_bn = x.reshape((4, -1)) @ dense["kernel"]
     stats = updates["batch_stats"]["BatchNorm_0"]
     np.testing.assert_allclose(stats["mean"], 0.1 * pre_bn.mean(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * pre_bn.var(axis=0), rtol=1e-5)
@@ -120,7 +121,8 @@ def test_mlp_has_no_dropout():
 
 def test_f1_parameter_count():
     widths = [784, 512, 512, 512, 512, 512, 10]
-    dense = sum(n_in * n_out + n_out for n_in, n_out in pairwise(widths))
+    # No bias on the hidden Dense layers (batch norm follows); the output layer has one.
+    dense = sum(n_in * n_out for n_in, n_out in pairwise(widths)) + 10
     batch_norm = 5 * 2 * 512  # scale and bias per hidden unit
     shapes = _shapes("f1", (784,))
     assert _count(shapes["params"]) == dense + batch_norm
@@ -135,8 +137,9 @@ def test_f2_is_seven_hidden_layers_of_512():
 
 def test_c1_parameter_count_on_cifar():
     # Two 5x5 convs of 64 channels, each 3x3/2 "same" pool halves 32 -> 16 -> 8: 8 * 8 * 64 inputs.
-    convs = (5 * 5 * 3 * 64 + 64) + (5 * 5 * 64 * 64 + 64)
-    dense = (8 * 8 * 64 * 384 + 384) + (384 * 192 + 192) + (192 * 10 + 10)
+    # Layers followed by batch norm have no bias.
+    convs = (5 * 5 * 3 * 64) + (5 * 5 * 64 * 64)
+    dense = (8 * 8 * 64 * 384) + (384 * 192) + (192 * 10 + 10)
     batch_norm = 2 * (64 + 64 + 384 + 192)
     assert _count(_shapes("c1", (32, 32, 3))["params"]) == convs + dense + batch_norm
 
@@ -144,10 +147,10 @@ def test_c1_parameter_count_on_cifar():
 @pytest.mark.parametrize("input_shape", [(32, 32, 3), (8, 8, 1)])
 def test_c2_parameter_count(input_shape):
     channels = [input_shape[-1], 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-    # 3x3 kernel and bias, BatchNorm scale and bias.
-    convs = sum(3 * 3 * c_in * c_out + c_out + 2 * c_out for c_in, c_out in pairwise(channels))
+    # 3x3 kernel (no bias: batch norm follows), BatchNorm scale and bias.
+    convs = sum(3 * 3 * c_in * c_out + 2 * c_out for c_in, c_out in pairwise(channels))
     # Five 2x2 "same" pools leave 1x1x512 of 32x32 inputs and of 8x8 (8 -> 4 -> 2 -> 1 -> 1 -> 1).
-    head = (512 * 512 + 512 + 2 * 512) + (512 * 10 + 10)
+    head = (512 * 512 + 2 * 512) + (512 * 10 + 10)
     assert _count(_shapes("c2", input_shape)["params"]) == convs + head
 
 
