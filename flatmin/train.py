@@ -1,0 +1,301 @@
+"""Training many seeds at once: optax Adam, one `lax.scan` per epoch, `jax.vmap` over seeds.
+
+`train_seeds` compiles one epoch program for all seeds together and runs it once per epoch. A
+seed that meets its stopping rule (a target training loss, a plateau, or divergence) is frozen
+inside that program while the others go on, so seeds never wait on a recompile and a stopped
+seed's result is exactly its state at the epoch it stopped.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from flatmin.data import DATASETS, Dataset, load_dataset
+from flatmin.models import MODELS, build_model, init_variables
+from flatmin.objective import evaluate
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run, identical for every seed.
+
+    Attributes:
+      model: one of `flatmin.models.MODELS`; model_kwargs override its fields (e.g. hidden).
+      dataset: one of `flatmin.data.DATASETS` (used when `train_seeds` is given no data).
+      batch_size: examples per Adam step; an epoch is floor(N / batch_size) steps over a fresh
+        permutation (the remainder is dropped, differently each epoch).
+      epochs: the most epochs any seed trains.
+      learning_rate: Adam's step size (betas 0.9 / 0.999, eps 1e-8: the paper's Keras defaults).
+      target_loss: stop a seed once its evaluation-mode training loss is <= this (minimisers
+        compared at equal loss); None to not use this rule.
+      patience: stop a seed after this many epochs without a relative improvement of
+        `min_improvement` in its best training loss (the paper's "until the loss ceased to
+        improve"); None to not use this rule.
+      min_improvement: relative decrease of the training loss that counts as improving.
+      eval_chunk: examples per forward pass when evaluating on whole data sets.
+    """
+
+    model: str = "mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: str = "digits"
+    batch_size: int = 32
+    epochs: int = 100
+    learning_rate: float = 1e-3
+    target_loss: float | None = None
+    patience: int | None = None
+    min_improvement: float = 1e-2
+    eval_chunk: int = 2048
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        for name in ("batch_size", "epochs", "eval_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.target_loss is not None and not self.target_loss >= 0:
+            raise ValueError(f"target_loss must be >= 0 or None, got {self.target_loss}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
+
+
+class TrainState(NamedTuple):
+    """One seed's training state (every leaf gains a leading seed axis under `train_seeds`)."""
+
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    key: jax.Array  # dropout randomness; folded with `step`
+    step: jax.Array
+
+
+class StopState(NamedTuple):
+    """Per-seed bookkeeping of the stopping rules."""
+
+    done: jax.Array  # bool: frozen from now on
+    epochs: jax.Array  # int: epochs trained
+    best_loss: jax.Array  # best evaluation-mode training loss so far
+    stale: jax.Array  # int: epochs since best_loss last improved by min_improvement
+    diverged_epoch: jax.Array  # int: epoch (1-based) at which the loss went non-finite, or 0
+
+
+class EpochMetrics(NamedTuple):
+    """Evaluation-mode metrics after an epoch, one per seed."""
+
+    train_loss: jax.Array
+    train_accuracy: jax.Array
+    test_accuracy: jax.Array
+
+
+class SeedCarry(NamedTuple):
+    """Everything one seed carries from epoch to epoch."""
+
+    state: TrainState
+    stop: StopState
+    metrics: EpochMetrics  # after the last epoch the seed trained
+
+
+class TrainResult(NamedTuple):
+    """What `train_seeds` returns; numpy arrays, leading axis = seed.
+
+    Attributes:
+      variables: {"params", "batch_stats"} stacked over seeds (jax arrays, on device).
+      history: EpochMetrics of (S, E) arrays, E = epochs the longest seed ran; a stopped seed
+        repeats its final values.
+      epochs: (S,) epochs each seed trained.
+      diverged_epoch: (S,) the epoch at which a seed's loss became NaN/inf, 0 if it never did.
+    """
+
+    variables: dict
+    history: EpochMetrics
+    epochs: np.ndarray
+    diverged_epoch: np.ndarray
+
+
+def make_train_step(
+    model: nn.Module, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, tuple[jax.Array, jax.Array]], tuple[TrainState, dict]]:
+    """A pure `train_step(state, (x, y)) -> (state, {"loss", "accuracy"})` for one minibatch."""
+
+    def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array]):
+        x, y = batch
+        dropout_key = jax.random.fold_in(state.key, state.step)
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, updates["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            key=state.key,
+            step=state.step + 1,
+        )
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        return new_state, {"loss": loss, "accuracy": accuracy}
+
+    return train_step
+
+
+def train_seeds(
+    config: TrainConfig,
+    keys: jax.Array,
+    data: Dataset | None = None,
+    *,
+    progress: bool = False,
+    init_variables_fn: Callable[[jax.Array], dict] | None = None,
+) -> TrainResult:
+    """Trains one model per key, all seeds in one compiled epoch program.
+
+    Args:
+      config: the run.
+      keys: (S,) PRNG keys, one per seed; seed k's result equals training keys[k] alone.
+      data: the data set; loaded from `config.dataset` when None.
+      progress: show a tqdm bar over epochs (from 3 s on) with the mean training loss.
+      init_variables_fn: key -> starting variables, overriding the model's initialisation (e.g.
+        to continue from a small-batch iterate); vmapped over `keys`.
+
+    Returns:
+      A `TrainResult`.
+    """
+    keys = _check_keys(keys)
+    if data is None:
+        data = load_dataset(config.dataset)
+    n = data.x_train.shape[0]
+    if config.batch_size > n:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) is larger than the training set ({n} examples)"
+        )
+    model = build_model(config.model, data.num_classes, **config.model_kwargs)
+    optimizer = optax.adam(config.learning_rate)
+    init_fn = init_variables_fn or (lambda key: init_variables(model, key, data.x_train.shape[1:]))
+    run_epoch = jax.jit(jax.vmap(_make_epoch(config, model, optimizer), in_axes=(0, None)))
+
+    def start(key):
+        init_key, dropout_key = jax.random.split(key)
+        variables = init_fn(init_key)
+        state = TrainState(
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=optimizer.init(variables["params"]),
+            key=dropout_key,
+            step=jnp.zeros((), jnp.int32),
+        )
+        stop = StopState(
+            done=jnp.zeros((), bool),
+            epochs=jnp.zeros((), jnp.int32),
+            best_loss=jnp.full((), jnp.inf, jnp.float32),
+            stale=jnp.zeros((), jnp.int32),
+            diverged_epoch=jnp.zeros((), jnp.int32),
+        )
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return SeedCarry(state, stop, EpochMetrics(nan, nan, nan))
+
+    carry = jax.jit(jax.vmap(start))(keys)
+    arrays = tuple(jnp.asarray(a) for a in data[:4])
+    history = []
+    bar = tqdm(range(config.epochs), desc="epochs", unit="epoch", delay=3.0, disable=not progress)
+    for epoch in bar:
+        carry = run_epoch(carry, (jnp.asarray(epoch), *arrays))
+        metrics = EpochMetrics(*(np.asarray(m) for m in carry.metrics))
+        history.append(metrics)
+        bar.set_postfix(train_loss=f"{np.nanmean(metrics.train_loss):.3g}")
+        if np.all(np.asarray(carry.stop.done)):
+            break
+    bar.close()
+    return TrainResult(
+        variables={"params": carry.state.params, "batch_stats": carry.state.batch_stats},
+        history=EpochMetrics(*(np.stack(column, axis=1) for column in zip(*history, strict=True))),
+        epochs=np.asarray(carry.stop.epochs),
+        diverged_epoch=np.asarray(carry.stop.diverged_epoch),
+    )
+
+
+def _make_epoch(config: TrainConfig, model: nn.Module, optimizer: optax.GradientTransformation):
+    """One seed's epoch: (carry, (epoch, x, y, x_test, y_test)) -> carry."""
+    train_step = make_train_step(model, optimizer)
+
+    def epoch_fn(carry: SeedCarry, inputs) -> SeedCarry:
+        state, stop = carry.state, carry.stop
+        epoch, x, y, x_test, y_test = inputs
+        n = x.shape[0]
+        num_batches = n // config.batch_size
+        # A fresh permutation each epoch, from the seed's own key: seeds see different orders.
+        order = jax.random.permutation(jax.random.fold_in(state.key, -1 - epoch), n)
+        batches = order[: num_batches * config.batch_size].reshape(num_batches, config.batch_size)
+        new_state, _ = jax.lax.scan(lambda s, idx: train_step(s, (x[idx], y[idx])), state, batches)
+
+        chunk = config.eval_chunk
+        loss, accuracy = evaluate(
+            model, new_state.params, new_state.batch_stats, x, y, chunk_size=chunk
+        )
+        _, test_accuracy = evaluate(
+            model, new_state.params, new_state.batch_stats, x_test, y_test, chunk_size=chunk
+        )
+        new = SeedCarry(
+            new_state,
+            _update_stop(config, stop, loss),
+            EpochMetrics(loss, accuracy, test_accuracy),
+        )
+        # A seed that was already done is frozen: state, stopping record and metrics.
+        return jax.tree.map(lambda n, o: jnp.where(stop.done, o, n), new, carry)
+
+    return epoch_fn
+
+
+def _update_stop(config: TrainConfig, stop: StopState, loss: jax.Array) -> StopState:
+    """Applies the stopping rules to one seed after an epoch that ended with training `loss`."""
+    epochs = stop.epochs + 1
+    diverged = ~jnp.isfinite(loss)
+    improved = loss < stop.best_loss * (1 - config.min_improvement)
+    stale = jnp.where(improved, 0, stop.stale + 1)
+    done = diverged
+    if config.target_loss is not None:
+        done |= loss <= config.target_loss
+    if config.patience is not None:
+        done |= stale >= config.patience
+    return StopState(
+        done=done,
+        epochs=epochs,
+        best_loss=jnp.minimum(stop.best_loss, jnp.where(diverged, jnp.inf, loss)),
+        stale=stale,
+        diverged_epoch=jnp.where(diverged, epochs, 0),
+    )
+
+
+def _check_keys(keys: jax.Array) -> jax.Array:
+    """(S,) typed keys from typed or raw uint32 keys; S >= 1."""
+    keys = jnp.asarray(keys)
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        if keys.ndim != 2:
+            raise ValueError(f"keys must be (S,) PRNG keys, got an array of shape {keys.shape}")
+        keys = jax.random.wrap_key_data(keys)
+    if keys.ndim != 1 or keys.shape[0] < 1:
+        raise ValueError(f"keys must hold at least one seed's key, shape (S,), got {keys.shape}")
+    return keys
