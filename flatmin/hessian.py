@@ -1,0 +1,283 @@
+"""The Hessian of the loss at a minimiser, without ever forming it.
+
+Keskar et al. (ICLR 2017) characterise sharp minimisers by "a significant number of large
+positive eigenvalues" of the Hessian of the training loss, and set the eigenvalues aside as
+prohibitive to compute for networks of realistic size. Only Hessian-vector products are needed:
+forward-over-reverse differentiation gives H v at the cost of a few gradients, and
+
+- `hessian_eigenvalues` finds the k largest eigenvalues by Lanczos on those products
+  (memory O(n * num_iterations) for n parameters, instead of O(n^2) for H), and
+- `hessian_trace` estimates tr H, the sum of all of them, by Hutchinson's estimator.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+LossFn = Callable[[PyTree], jax.Array]
+
+
+class TraceEstimate(NamedTuple):
+    """Hutchinson's estimate of tr H.
+
+    Attributes:
+      trace: scalar, the mean of z^T H z over the probes z.
+      stderr: scalar, its standard error: the sample standard deviation (ddof=1) of z^T H z
+        divided by sqrt(num_samples).
+      num_samples: scalar int, the number of probes.
+    """
+
+    trace: jax.Array
+    stderr: jax.Array
+    num_samples: jax.Array
+
+
+def hvp(loss_fn: LossFn, params: PyTree, v: PyTree) -> PyTree:
+    """The Hessian-vector product H v at `params`, forward-over-reverse.
+
+    Args:
+      loss_fn: params -> scalar loss.
+      params: a pytree of floating arrays.
+      v: a pytree with the structure, shapes and dtypes of `params`.
+
+    Returns:
+      H v, shaped like `params`.
+    """
+    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+def hessian_eigenvalues(
+    loss_fn: LossFn,
+    params: PyTree,
+    k: int = 10,
+    *,
+    key: jax.Array | None = None,
+    num_iterations: int | None = None,
+    return_eigenvectors: bool = False,
+) -> jax.Array | tuple[jax.Array, PyTree]:
+    """The k largest (algebraic, not absolute) eigenvalues of the Hessian of `loss_fn`, by Lanczos.
+
+    Lanczos builds an orthonormal basis V, (m, n), of the Krylov space of H from a random start
+    vector, one Hessian-vector product per iteration, reorthogonalising every new vector against
+    the whole basis (twice: "twice is enough"). The eigenvalues returned are those of the
+    projection T = V H V^T, (m, m): the Ritz values. T is tridiagonal in exact arithmetic; it is
+    kept in full, assembled from the reorthogonalisation coefficients at no extra cost, so that
+    it is exactly the Rayleigh-Ritz matrix of the basis even after a restart (below). Hence, up
+    to rounding, the i-th value returned never exceeds the i-th largest eigenvalue of H (Cauchy
+    interlacing) and converges to it from below as m grows; the largest converge first.
+
+    Breakdown: when the new vector is numerically in the span of the basis (the Krylov space is
+    invariant: H of low rank, few distinct eigenvalues, or m close to n), that is when its norm
+    after reorthogonalisation is below 100 eps times the largest ||H q|| so far, Lanczos
+    continues from a fresh random vector orthogonalised against the basis instead of dividing
+    by ~0.
+
+    Repeated eigenvalues: a Krylov space from one vector holds one eigenvector of each distinct
+    eigenvalue, so an eigenvalue of multiplicity r shows up once until that space is exhausted.
+    Each restart after a breakdown brings one further copy of every eigenvalue it reaches, so
+    multiplicities are resolved when breakdowns happen within the m iterations; in particular
+    m = n returns the whole spectrum with multiplicities. Otherwise (m << n) further copies can
+    only come from rounding errors, which seed them: for an eigenvalue well separated from the
+    rest they often converge within some more iterations, but nothing guarantees it, and the
+    slot of a missing copy holds the next smaller Ritz value. Clustered but distinct eigenvalues
+    are resolved as m grows.
+
+    Cost: m Hessian-vector products, O(m^2 n) flops for the reorthogonalisation and memory for
+    V; the dense (m, m) eigenproblem is negligible.
+
+    Args:
+      loss_fn: params -> scalar loss, e.g. the training loss in evaluation mode. Static under
+        `jax.jit`, as are `k`, `num_iterations` and `return_eigenvectors`: pass the same
+        function object across calls to reuse the compiled program.
+      params: a pytree of floating arrays, the point x (n numbers in all). Everything is
+        computed in its dtype, or in float32 for half-precision params (the loss itself still
+        runs in theirs).
+      k: how many eigenvalues, 1 <= k <= n.
+      key: PRNG key for the start vector (and restarts); a fixed default keeps results
+        deterministic.
+      num_iterations: m, the Lanczos iterations (= Hessian-vector products), k <= m <= n.
+        Default min(n, max(2 k + 20, 40)): the k-th Ritz value needs a Krylov space well
+        beyond k, and 40 products cost little next to the memory of 40 vectors of size n.
+      return_eigenvectors: also return the Ritz vectors.
+
+    Returns:
+      The eigenvalues, (k,), in descending order; with `return_eigenvectors`, the pair
+      (eigenvalues, eigenvectors), where eigenvectors is a pytree shaped like `params` with a
+      leading axis k: unit vectors (over all leaves together) with H v_i ~ lambda_i v_i, each up
+      to sign.
+
+    Raises:
+      ValueError: for bad arguments, before any work.
+    """
+    n = _check_params(loss_fn, params)
+    if not isinstance(k, int | np.integer) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
+    if num_iterations is None:
+        num_iterations = min(n, max(2 * k + 20, 40))
+    if not isinstance(num_iterations, int | np.integer) or not k <= num_iterations <= n:
+        raise ValueError(
+            f"num_iterations must be an integer with k = {k} <= num_iterations <= n = {n}, "
+            f"got {num_iterations!r}"
+        )
+    if key is None:
+        key = jax.random.key(0)
+    return _lanczos(loss_fn, params, key, int(k), int(num_iterations), bool(return_eigenvectors))
+
+
+def hessian_trace(
+    loss_fn: LossFn,
+    params: PyTree,
+    *,
+    key: jax.Array | None = None,
+    num_samples: int = 100,
+    batch_size: int | None = None,
+) -> TraceEstimate:
+    """Hutchinson's estimate of the trace of the Hessian of `loss_fn` at `params`.
+
+    tr H = E[z^T H z] for probes z with independent Rademacher (+-1) entries; the estimate is
+    the mean over `num_samples` probes. Its variance is 2 sum_{i != j} H_ij^2 / num_samples:
+    zero for a diagonal H, where every probe gives tr H exactly.
+
+    Args:
+      loss_fn: params -> scalar loss. Static under `jax.jit`, as are `num_samples` and
+        `batch_size`: pass the same function object across calls to reuse the compiled
+        program.
+      params: a pytree of floating arrays (n numbers in all).
+      key: PRNG key for the probes; a fixed default keeps results deterministic.
+      num_samples: number of probes, >= 2 (the standard error needs two).
+      batch_size: None evaluates all probes at once (vmapped): fastest, but memory grows with
+        num_samples times that of one Hessian-vector product, which for a loss over a whole
+        training set can be prohibitive. An integer evaluates that many at a time, in
+        sequence (`jax.lax.map`).
+
+    Returns:
+      A `TraceEstimate`.
+
+    Raises:
+      ValueError: for bad arguments, before any work.
+    """
+    _check_params(loss_fn, params)
+    if not isinstance(num_samples, int | np.integer) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    if key is None:
+        key = jax.random.key(0)
+    return _hutchinson(
+        loss_fn, params, key, int(num_samples), None if batch_size is None else int(batch_size)
+    )
+
+
+def _flat_hvp(loss_fn: LossFn, params: PyTree) -> tuple[jax.Array, Callable, Callable]:
+    """(x, v -> H v on flat vectors, unravel) for the flattened parameters x, (n,)."""
+    x, unravel = ravel_pytree(params)
+    # Half-precision params: the loss still runs in their dtype, but the linear algebra runs in
+    # float32 (eigh has no bfloat16 kernel, and eps = 8e-3 would drown every tolerance).
+    work = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+    to_params = lambda y: unravel(y.astype(x.dtype))
+    # Forward-over-reverse. The gradient at x does not depend on v: linearize computes it once,
+    # and each product then costs only the tangent pass.
+    _, hv = jax.linearize(jax.grad(lambda y: loss_fn(to_params(y))), work)
+    return work, hv, to_params
+
+
+def _lanczos(loss_fn, params, key, k, m, return_eigenvectors):
+    x, hv, unravel = _flat_hvp(loss_fn, params)
+    n, dtype = x.shape[0], x.dtype
+    # Rounding leaves a residual of a few eps * ||H q|| where the Krylov space is invariant;
+    # anything this small relative to the largest ||H q|| seen is treated as a breakdown.
+    tol = 100 * jnp.finfo(dtype).eps
+
+    def orthogonalise(V: jax.Array, w: jax.Array) -> jax.Array:
+        # Rows of V not filled yet are zero and drop out of the projection.
+        return w - (V @ w) @ V
+
+    def fresh(j: jax.Array, V: jax.Array) -> jax.Array:
+        r = jax.random.normal(jax.random.fold_in(key, j), (n,), dtype)
+        return orthogonalise(V, orthogonalise(V, r))
+
+    def step(j, carry):
+        V, C, w, scale = carry
+        # w is the previous residual, orthogonal to the j rows of V. At j = 0 it is 0, and the
+        # start vector comes from the breakdown branch; j < m <= n leaves room for it.
+        q = jax.lax.cond(jnp.linalg.norm(w) <= tol * scale, fresh, lambda j, V: w, j, V)
+        q = q / jnp.linalg.norm(q)
+        V = V.at[j].set(q)
+        hq = hv(q)
+        # Column j of the projection: C[i, j] = q_i . H q_j for i <= j (rows > j are zero).
+        h = V @ hq
+        C = C.at[:, j].set(h)
+        w = orthogonalise(V, hq - h @ V)
+        return V, C, w, jnp.maximum(scale, jnp.linalg.norm(hq))
+
+    init = (
+        jnp.zeros((m, n), dtype),
+        jnp.zeros((m, m), dtype),
+        jnp.zeros((n,), dtype),
+        jnp.zeros((), dtype),
+    )
+    V, C, _, _ = jax.lax.fori_loop(0, m, step, init)
+    # C holds the upper triangle of T = V H V^T; mirror it rather than average, so that T is
+    # exactly symmetric.
+    T = jnp.triu(C) + jnp.triu(C, 1).T
+    theta, S = jnp.linalg.eigh(T)
+    values = theta[::-1][:k]
+    if not return_eigenvectors:
+        return values
+    vectors = S[:, ::-1][:, :k].T @ V
+    return values, jax.vmap(unravel)(vectors)
+
+
+_lanczos = jax.jit(_lanczos, static_argnames=("loss_fn", "k", "m", "return_eigenvectors"))
+
+
+def _hutchinson(loss_fn, params, key, num_samples, batch_size) -> TraceEstimate:
+    x, hv, _ = _flat_hvp(loss_fn, params)
+    probes = jax.random.rademacher(key, (num_samples, x.shape[0]), x.dtype)
+    quad = lambda z: z @ hv(z)
+    samples = (
+        jax.vmap(quad)(probes)
+        if batch_size is None
+        else jax.lax.map(quad, probes, batch_size=batch_size)
+    )
+    # Shifted by the first sample: identical samples (a diagonal H) give exactly that value and
+    # a standard error of exactly 0, which a mean rounded in floating point would not.
+    d = samples - samples[0]
+    mean_d = jnp.mean(d)
+    std = jnp.sqrt(jnp.sum((d - mean_d) ** 2) / (num_samples - 1))
+    return TraceEstimate(
+        trace=samples[0] + mean_d,
+        stderr=std / math.sqrt(num_samples),
+        num_samples=jnp.asarray(num_samples),
+    )
+
+
+_hutchinson = jax.jit(_hutchinson, static_argnames=("loss_fn", "num_samples", "batch_size"))
+
+
+def _check_params(loss_fn: LossFn, params: PyTree) -> int:
+    """Validates `loss_fn` and `params` from their shapes alone; returns n."""
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params must contain at least one array, got an empty pytree")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"params must hold floating arrays; leaf {jax.tree_util.keystr(path)} has dtype "
+                f"{jnp.result_type(leaf)}"
+            )
+    out = jax.eval_shape(loss_fn, params)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(
+            f"loss_fn must return a floating scalar, got {getattr(out, 'shape', out)} "
+            f"of dtype {getattr(out, 'dtype', type(out).__name__)}"
+        )
+    return sum(int(np.size(leaf)) for leaf in leaves)

@@ -1,0 +1,171 @@
+"""Tests of flatmin.landscape: the loss along straight and curved paths between two solutions.
+
+Expected values are closed forms computed in float64 NumPy: a quadratic restricted to a line
+is a quadratic in alpha with known coefficients, and the paths themselves are checked through
+a function that returns its argument.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from flatmin.landscape import interpolate, interpolate_curved
+
+SHAPES = {"dense": {"kernel": (3, 4), "bias": (4,)}, "scale": (), "z": (6,)}  # n = 23
+ALPHAS = np.linspace(-0.5, 1.5, 9)  # steps of 0.25: 0 and 1 are exact
+
+
+def _tree(rng: np.random.Generator, dtype=np.float32) -> dict:
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.normal(size=s), dtype),
+        SHAPES,
+        is_leaf=lambda s: isinstance(s, tuple),
+    )
+
+
+def _flat64(tree) -> np.ndarray:
+    return np.asarray(ravel_pytree(tree)[0], np.float64)
+
+
+def _identity(params):
+    return params
+
+
+def _quadratic(seed: int = 0, dtype=np.float32):
+    """(f, H, g, c): f(x) = 1/2 x^T H x + g^T x + c on the flattened pytree, H, g in float64."""
+    rng = np.random.default_rng(seed)
+    n = 23
+    M = rng.normal(size=(n, n))
+    H, g, c = (M + M.T) / 2, rng.normal(size=n), 0.5
+    H_j, g_j = jnp.asarray(H, dtype), jnp.asarray(g, dtype)
+
+    def f(params):
+        x = ravel_pytree(params)[0]
+        return 0.5 * x @ (H_j @ x) + g_j @ x + c
+
+    return f, H.astype(dtype).astype(np.float64), g.astype(dtype).astype(np.float64), c
+
+
+def test_line_is_the_closed_form_quadratic_in_alpha():
+    f, H, g, c = _quadratic()
+    rng = np.random.default_rng(1)
+    a, b = _tree(rng), _tree(rng)
+    values = interpolate(f, a, b, ALPHAS)
+    assert values.shape == (9,) and values.dtype == jnp.float32
+    # f(a + alpha d) = f(a) + alpha (H a + g) . d + alpha^2 / 2 d^T H d, with d = b - a.
+    xa, d = _flat64(a), _flat64(b) - _flat64(a)
+    f_a = 0.5 * xa @ H @ xa + g @ xa + c
+    expected = f_a + ALPHAS * ((H @ xa + g) @ d) + ALPHAS**2 / 2 * (d @ H @ d)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-5 * scale)
+    # The endpoints are f(a) and f(b).
+    np.testing.assert_allclose(values[2], f(a), rtol=1e-6)
+    np.testing.assert_allclose(values[6], f(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", [interpolate, interpolate_curved])
+def test_paths_pass_exactly_through_both_endpoints(path):
+    rng = np.random.default_rng(2)
+    a, b = _tree(rng), _tree(rng)
+    points = path(_identity, a, b, jnp.asarray([0.0, 1.0]))
+    assert jax.tree.structure(points) == jax.tree.structure(a)
+    for leaf, leaf_a, leaf_b in zip(*map(jax.tree.leaves, (points, a, b)), strict=True):
+        assert leaf.shape == (2, *leaf_a.shape)
+        np.testing.assert_array_equal(leaf[0], leaf_a)
+        np.testing.assert_array_equal(leaf[1], leaf_b)
+
+
+def test_curved_path_is_cos_a_plus_sin_b():
+    rng = np.random.default_rng(3)
+    a, b = _tree(rng), _tree(rng)
+    points = interpolate_curved(_identity, a, b, ALPHAS)
+    xa, xb = _flat64(a), _flat64(b)
+    for i, alpha in enumerate(ALPHAS):
+        expected = np.cos(alpha * np.pi / 2) * xa + np.sin(alpha * np.pi / 2) * xb
+        got = _flat64(jax.tree.map(lambda leaf, i=i: leaf[i], points))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+
+
+def test_pytree_valued_fn():
+    f, _, _, _ = _quadratic()
+    rng = np.random.default_rng(4)
+    a, b = _tree(rng), _tree(rng)
+    fn = lambda p: {"loss": f(p), "stats": (jnp.sum(p["z"]), p["dense"]["bias"] * 2)}
+    out = interpolate(fn, a, b, ALPHAS)
+    assert out["loss"].shape == (9,)
+    assert out["stats"][0].shape == (9,) and out["stats"][1].shape == (9, 4)
+    for i, alpha in enumerate(ALPHAS):
+        point = jax.tree.map(lambda x, y, s=float(alpha): (1 - s) * x + s * y, a, b)
+        expected = fn(point)
+        np.testing.assert_allclose(out["loss"][i], expected["loss"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["stats"][0][i], expected["stats"][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["stats"][1][i], expected["stats"][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", [interpolate, interpolate_curved])
+def test_batches_equal_all_at_once(path):
+    f, _, _, _ = _quadratic()
+    rng = np.random.default_rng(5)
+    a, b = _tree(rng), _tree(rng)
+    at_once = path(f, a, b, ALPHAS)
+    np.testing.assert_allclose(path(f, a, b, ALPHAS, batch_size=4), at_once, rtol=1e-6)  # 4+4+1
+
+
+def test_jit_and_integer_alphas():
+    f, _, _, _ = _quadratic()
+    rng = np.random.default_rng(6)
+    a, b = _tree(rng), _tree(rng)
+    jitted = jax.jit(interpolate, static_argnums=0)(f, a, b, jnp.asarray(ALPHAS, jnp.float32))
+    np.testing.assert_allclose(jitted, interpolate(f, a, b, ALPHAS), rtol=1e-6)
+    np.testing.assert_allclose(
+        interpolate(f, a, b, np.arange(-1, 3)), interpolate(f, a, b, np.arange(-1.0, 3.0))
+    )
+
+
+def test_float64():
+    with jax.enable_x64(True):
+        f, H, g, c = _quadratic(dtype=np.float64)
+        rng = np.random.default_rng(7)
+        a, b = _tree(rng, np.float64), _tree(rng, np.float64)
+        values = interpolate(f, a, b, ALPHAS)
+        assert values.dtype == jnp.float64
+        xa, d = _flat64(a), _flat64(b) - _flat64(a)
+        f_a = 0.5 * xa @ H @ xa + g @ xa + c
+        expected = f_a + ALPHAS * ((H @ xa + g) @ d) + ALPHAS**2 / 2 * (d @ H @ d)
+        np.testing.assert_allclose(values, expected, rtol=1e-12)
+        assert interpolate_curved(f, a, b, ALPHAS).dtype == jnp.float64
+
+
+_A = {"w": jnp.ones((2, 3), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+_FN = lambda p: jnp.sum(p["w"])
+
+
+@pytest.mark.parametrize("path", [interpolate, interpolate_curved])
+@pytest.mark.parametrize(
+    ("fn", "params_b", "alphas", "match"),
+    [
+        (_FN, {"w": _A["w"]}, ALPHAS, "params_b"),
+        (_FN, {"w": _A["w"], "b": (_A["b"],)}, ALPHAS, "params_b"),
+        (_FN, {"w": _A["w"].T, "b": _A["b"]}, ALPHAS, "params_b"),
+        (_FN, {"w": _A["w"], "b": jnp.zeros(2, jnp.bfloat16)}, ALPHAS, "params_b"),
+        (_FN, _A, ALPHAS.reshape(3, 3), "alphas"),
+        (_FN, _A, 0.5, "alphas"),
+        (_FN, _A, np.array([True, False]), "alphas"),
+        ("loss", _A, ALPHAS, "fn"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(path, fn, params_b, alphas, match):
+    with pytest.raises(ValueError, match=match):
+        path(fn, _A, params_b, alphas)
+
+
+@pytest.mark.parametrize("path", [interpolate, interpolate_curved])
+def test_bad_params_a_and_batch_size(path):
+    with pytest.raises(ValueError, match="params_a"):
+        path(_FN, {"w": jnp.ones(3, jnp.int32)}, {"w": jnp.ones(3, jnp.int32)}, ALPHAS)
+    with pytest.raises(ValueError, match="params_a"):
+        path(_FN, {}, {}, ALPHAS)
+    with pytest.raises(ValueError, match="batch_size"):
+        path(_FN, _A, _A, ALPHAS, batch_size=0)
