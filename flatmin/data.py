@@ -14,12 +14,12 @@ indices in [0, num_classes).
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import tensorflow_datasets as tfds
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "timit")
 
@@ -81,6 +81,11 @@ def load_dataset(
 
 def _load_digits(test_fraction: float, seed: int) -> Dataset:
     """sklearn digits: x (N, 8, 8, 1) float32, pixel counts 0..16 scaled to [0, 1]."""
+    # Imported here, like tensorflow_datasets below: together they are two thirds of
+    # `import flatmin`, and measuring sharpness needs neither.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = (digits.images / 16).astype(np.float32)[..., None]
     y = digits.target.astype(np.int32)
@@ -96,6 +101,8 @@ def _load_tfds(tfds_name: str, data_dir: str | os.PathLike[str] | None, download
     The builder must have image and label supervised keys. Reading goes through array_record
     data sources, which need no TensorFlow; preparing (``download=True``) does.
     """
+    import tensorflow_datasets as tfds
+
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if not builder.is_prepared():
         if not download:
@@ -129,7 +136,7 @@ def _to_arrays(
     return images.astype(np.float32) / 255, labels
 
 
-def _not_found(builder: tfds.core.DatasetBuilder, problem: str) -> DatasetNotFoundError:
+def _not_found(builder: "tfds.core.DatasetBuilder", problem: str) -> DatasetNotFoundError:
     """The error for a tfds dataset that cannot be read, saying where and how to prepare it."""
     name, root = builder.name, builder.data_dir_root
     return DatasetNotFoundError(
