@@ -11,9 +11,14 @@ Two facts about the sharpness problem shape the choices below:
   search then never finds its curvature condition: jaxopt's "zoom" extrapolates far outside
   the box (seen: f = 8.8e28, then NaN) and a Wolfe backtracking spends `maxls` evaluations on
   every iteration. L-BFGS-B's search direction already ends inside the box at the minimiser
-  of its quadratic model, so it takes the unit step along it (one evaluation per iteration);
-  projected gradient keeps jaxopt's sufficient-decrease backtracking, which on a concave
-  objective accepts the first trial step.
+  of its quadratic model, so it takes the unit step along it; projected gradient takes a
+  fixed unit step on the scaled objective below. Either way one value-and-gradient per
+  iteration, no data-dependent inner loop, and the best point seen is what counts.
+
+Known residual risk: jaxopt's L-BFGS-B Cauchy-point search is a `while_loop`; under `vmap` its
+condition is evaluated twice (JAX's batching rule). Its condition reads only carried state and
+its body always advances, so the two copies agree in practice; the projected-gradient line
+search, whose condition re-evaluates f, did not (it hung), hence the fixed step there.
 """
 
 import warnings
@@ -31,6 +36,9 @@ with warnings.catch_warnings():
 
 SOLVERS = ("lbfgsb", "projected_gradient")
 STEP_SCALE = 10.0
+# Projected gradient's step after an iteration that raised f: a gentle growth, since a halving
+# costs a whole iteration (x2 saw-toothed between over- and undershooting on a nonconvex f).
+STEP_GROWTH = 1.25
 
 
 class BoxMaximum(NamedTuple):
@@ -52,6 +60,13 @@ class _Carry(NamedTuple):
     state: NamedTuple
     best_z: jax.Array
     best_f: jax.Array
+    step_size: jax.Array
+
+
+def _valid(z: jax.Array, f: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
+    """Whether f was read at a finite point inside the box and is itself finite."""
+    inside = jnp.all((z >= lower) & (z <= upper))
+    return inside & jnp.all(jnp.isfinite(z)) & jnp.isfinite(f)
 
 
 def maximize_in_box(
@@ -93,58 +108,69 @@ def maximize_in_box(
         STEP_SCALE / jnp.maximum(grad_scale, jnp.sqrt(jnp.finfo(init.dtype).tiny))
     )
 
-    def objective(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def objective(z: jax.Array, step_size: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Minimised by jaxopt; the raw value rides along as aux so no extra pass is needed.
+        # step_size scales projected gradient's unit step (L-BFGS-B keeps it at 1: rescaling
+        # would corrupt its curvature history).
         f = fun(z)
-        return -(f - f_init) * scale, f
+        return -(f - f_init) * scale * step_size, f
 
     bounds = (lower, upper)
+    one = jnp.ones((), init.dtype)
     if solver == "lbfgsb":
         opt = jaxopt.LBFGSB(fun=objective, has_aux=True, maxiter=maxiter, tol=0.0, stepsize=1.0)
-        state = opt.init_state(init, bounds)
+        state = opt.init_state(init, bounds, one)
 
-        def step(z, state):
-            z_new, state_new = opt.update(z, state, bounds)
-            # aux is f at z_new: LBFGSB evaluates at the point it returns.
-            return z_new, state_new, state_new.aux
+        def body(_, carry: _Carry) -> _Carry:
+            z_new, state_new = opt.update(carry.z, carry.state, bounds, one)
+            f_new = state_new.aux  # L-BFGS-B evaluates f at the point it returns
+            ok = _valid(z_new, f_new, lower, upper)
+            # A non-finite step, or one that left the box, is discarded: the iterate and the
+            # solver state stay as they were, so a value is never read outside the box.
+            z_next, state_next = jax.tree.map(
+                lambda n, o: jnp.where(ok, n, o), (z_new, state_new), (carry.z, carry.state)
+            )
+            better = ok & (f_new > carry.best_f)
+            return carry._replace(
+                z=z_next,
+                state=state_next,
+                best_z=jnp.where(better, z_new, carry.best_z),
+                best_f=jnp.where(better, f_new, carry.best_f),
+            )
 
     else:
+        # No jaxopt line search: under vmap (restarts, seeds) a batched while_loop evaluates
+        # its condition in two compiled copies of f that can round differently, and a lane
+        # they disagree on never advances (seen: a hang). The step adapts across iterations
+        # instead, each of which is exactly one value-and-gradient: grown by STEP_GROWTH after a
+        # step that raised f, halved and restarted from the best point after one that did not.
         opt = jaxopt.ProjectedGradient(
             fun=objective,
             projection=projection_box,
             has_aux=True,
             maxiter=maxiter,
             tol=0.0,
+            stepsize=1.0,
             acceleration=False,  # FISTA's momentum point leaves the box; f is read there
-            maxls=15,
         )
-        state = opt.init_state(init, bounds)
+        state = opt.init_state(init, bounds, one)
 
-        def step(z, state):
-            z_new, state_new = opt.update(z, state, bounds)
-            # ProjectedGradient evaluates at z, the point it started from; z_new is read by the
-            # next iteration, and the last one by the final evaluation below.
-            return z_new, state_new, state_new.aux
+        def body(_, carry: _Carry) -> _Carry:
+            z_new, state_new = opt.update(carry.z, carry.state, bounds, carry.step_size)
+            f_z = state_new.aux  # projected gradient evaluates f at z, where it started
+            improved = _valid(carry.z, f_z, lower, upper) & (f_z >= carry.best_f)
+            best_z = jnp.where(improved, carry.z, carry.best_z)
+            return carry._replace(
+                z=jnp.where(improved, z_new, best_z),
+                state=state_new,
+                best_z=best_z,
+                best_f=jnp.where(improved, f_z, carry.best_f),
+                step_size=jnp.where(improved, STEP_GROWTH, 0.5) * carry.step_size,
+            )
 
-    def body(_, carry: _Carry) -> _Carry:
-        z_new, state_new, f_seen = step(carry.z, carry.state)
-        inside = jnp.all((z_new >= lower) & (z_new <= upper))
-        ok = inside & jnp.all(jnp.isfinite(z_new)) & jnp.isfinite(f_seen)
-        # A non-finite step, or one that left the box, is discarded: the iterate and the
-        # solver state stay as they were, so a value is never read outside the box.
-        z_next, state_next = jax.tree.map(
-            lambda new, old: jnp.where(ok, new, old), (z_new, state_new), (carry.z, carry.state)
-        )
-        seen_z = z_new if solver == "lbfgsb" else carry.z
-        better = ok & (f_seen > carry.best_f)
-        return _Carry(
-            z=z_next,
-            state=state_next,
-            best_z=jnp.where(better, seen_z, carry.best_z),
-            best_f=jnp.where(better, f_seen, carry.best_f),
-        )
-
-    carry = jax.lax.fori_loop(0, maxiter, body, _Carry(init, state, init, f_init))
+    # Projected gradient's first iteration evaluates init itself; -inf makes it count.
+    best_f = f_init if solver == "lbfgsb" else jnp.full_like(f_init, -jnp.inf)
+    carry = jax.lax.fori_loop(0, maxiter, body, _Carry(init, state, init, best_f, one))
     best_z = carry.best_z
     if solver == "projected_gradient":
         # Its last iterate has not been evaluated yet.

@@ -1,0 +1,117 @@
+"""Tests of flatmin.random_subspace: shape, dtype, determinism, distributions, normalization.
+
+Oracles: the parameter count of the pytree, the stated distributions' ranges and moments (loose
+tolerances, many samples), and unit column norms.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flatmin
+
+
+def _params(dtype=jnp.float32):
+    """Nested pytree with a scalar leaf: n = 30 * 20 + 20 + 1 = 621 parameters."""
+    return {
+        "layer": {"w": jnp.ones((30, 20), dtype), "b": jnp.zeros((20,), dtype)},
+        "scale": jnp.asarray(2.0, dtype),
+    }
+
+
+N = 621
+
+
+def test_shape_and_dtype():
+    """Oracle: n counts every parameter of the pytree; the dtype follows the params (float32)."""
+    A = flatmin.random_subspace(jax.random.key(0), _params(), p=7)
+    assert A.shape == (N, 7)
+    assert A.dtype == jnp.float32
+    assert flatmin.random_subspace(jax.random.key(0), _params()).shape == (N, 100)  # default p
+    assert flatmin.random_subspace(jax.random.key(0), _params(), p=N).shape == (N, N)  # p = n ok
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "uniform"])
+def test_dtype_follows_params_under_x64(distribution):
+    """Oracle: float64 params give a float64 A and float32 params a float32 A, also with x64."""
+    with jax.enable_x64(True):
+        A64 = flatmin.random_subspace(
+            jax.random.key(0), _params(jnp.float64), p=3, distribution=distribution
+        )
+        A32 = flatmin.random_subspace(
+            jax.random.key(0), _params(jnp.float32), p=3, distribution=distribution
+        )
+        assert A64.dtype == jnp.float64
+        assert A32.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("distribution", ["gaussian", "uniform"])
+def test_deterministic_for_a_key_and_key_dependent(distribution, normalize):
+    """Oracle: same key -> bitwise equal; a different key -> a different matrix."""
+    kw = dict(p=5, distribution=distribution, normalize=normalize)
+    a = flatmin.random_subspace(jax.random.key(1), _params(), **kw)
+    b = flatmin.random_subspace(jax.random.key(1), _params(), **kw)
+    c = flatmin.random_subspace(jax.random.key(2), _params(), **kw)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    assert np.all(np.isfinite(np.asarray(a)))
+
+
+def _big():
+    return {"w": jnp.zeros((2000,), jnp.float32)}  # n = 2000; with p = 100, 2e5 entries
+
+
+def test_gaussian_moments():
+    """Oracle: standard normal entries. Mean 0 (std error ~0.002), std 1 (std error ~0.0016),
+    and tails beyond 3 occur (P(|z| > 3) ~ 0.27%, ~540 expected), unlike a uniform draw.
+    """
+    A = np.asarray(flatmin.random_subspace(jax.random.key(3), _big(), p=100), np.float64)
+    assert A.shape == (2000, 100)
+    assert abs(A.mean()) < 0.02
+    assert abs(A.std() - 1.0) < 0.02
+    assert 200 < np.sum(np.abs(A) > 3.0) < 1000
+    column_means = A.mean(axis=0)  # columns are independent draws, not copies of one another
+    assert np.unique(column_means).size == 100
+
+
+def test_uniform_range_and_moments():
+    """Oracle: entries uniform on [-1, 1]: inside the interval, reaching near both ends,
+    mean 0 and variance 1/3 (loose tolerances for 2e5 samples).
+    """
+    A = np.asarray(
+        flatmin.random_subspace(jax.random.key(4), _big(), p=100, distribution="uniform"),
+        np.float64,
+    )
+    assert np.all(A >= -1.0) and np.all(A <= 1.0)
+    assert A.min() < -0.99 and A.max() > 0.99
+    assert abs(A.mean()) < 0.01
+    assert abs(A.var() - 1.0 / 3.0) < 0.01
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "uniform"])
+def test_normalize_gives_unit_columns(distribution):
+    """Oracle: normalize=True makes every column unit Euclidean norm."""
+    A = flatmin.random_subspace(
+        jax.random.key(5), _params(), p=12, distribution=distribution, normalize=True
+    )
+    assert A.shape == (N, 12) and A.dtype == jnp.float32
+    norms = np.linalg.norm(np.asarray(A, np.float64), axis=0)
+    np.testing.assert_allclose(norms, np.ones(12), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(p=0), r"\bp\b"),
+        (dict(p=-3), r"\bp\b"),
+        (dict(p=N + 1), r"\bp\b"),
+        (dict(p=5, distribution="cauchy"), r"\bdistribution\b"),
+    ],
+    ids=["p=0", "p<0", "p>n", "unknown distribution"],
+)
+def test_bad_input_raises_value_error(kwargs, match):
+    """Oracle: the spec's validation table; the message names the offending argument."""
+    with pytest.raises(ValueError, match=match):
+        flatmin.random_subspace(jax.random.key(0), _params(), **kwargs)
