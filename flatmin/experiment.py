@@ -211,14 +211,15 @@ def run_sharpness_table(
         batch = config.train_config(regime, n).batch_size
         if batch > n:
             raise ValueError(f"{regime} batch size ({batch}) is larger than the training set ({n})")
-    seed_keys = jax.random.split(jax.random.fold_in(key, 0), config.seeds)
-    subspace_key, solve_key = jax.random.split(jax.random.fold_in(key, 1))
+    seeds = seed_keys(key, config.seeds)
+    subspace_key = jax.random.split(jax.random.fold_in(key, 1))[0]
+    solver_key = solve_key(key)
     model = build_model(config.model, data.num_classes, **config.model_kwargs)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
 
     results = []
     for regime in REGIMES:
-        trained = train_seeds(config.train_config(regime, n), seed_keys, data, progress=progress)
+        trained = train_seeds(config.train_config(regime, n), seeds, data, progress=progress)
         params0 = jax.tree.map(lambda leaf: leaf[0], trained.variables["params"])
         A = random_subspace(
             subspace_key,
@@ -237,7 +238,7 @@ def run_sharpness_table(
                     y,
                     matrix,
                     eps,
-                    key=solve_key,
+                    key=solver_key,
                     solver=config.solver,
                     maxiter=config.maxiter,
                     restarts=config.restarts,
@@ -264,6 +265,17 @@ def run_sharpness_table(
                 }
             )
     return json_ready({"config": config.to_json(), "train_size": n, "results": results})
+
+
+def seed_keys(key: jax.Array, seeds: int) -> jax.Array:
+    """(seeds,) training keys from an experiment's master key: seed k of every experiment, and
+    of both regimes, starts from the same initialisation."""
+    return jax.random.split(jax.random.fold_in(key, 0), seeds)
+
+
+def solve_key(key: jax.Array) -> jax.Array:
+    """The key of the sharpness solver's random starts, from an experiment's master key."""
+    return jax.random.split(jax.random.fold_in(key, 1))[1]
 
 
 def json_ready(value: Any) -> Any:

@@ -1,0 +1,147 @@
+"""The 1-D parametric plot of Keskar et al. 2017 (Figure 3): the landscape between SB and LB.
+
+    python experiments/parametric_plot.py --config digits --out results/digits/parametric
+
+Trains seed 0 of each regime, then evaluates train and test cross-entropy and accuracy at
+(1 - alpha) x_SB + alpha x_LB (straight) and cos(alpha pi/2) x_SB + sin(alpha pi/2) x_LB
+(curved) for alpha in [-1, 2]. Writes DIR/parametric.json and DIR/parametric.png.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from _cli import (
+    LB_COLOR,
+    SB_COLOR,
+    base_parser,
+    build_config,
+    load_data,
+    output_dir,
+    save_figure,
+    write_json,
+)
+
+from flatmin.experiment import seed_keys
+from flatmin.landscape import interpolate, interpolate_curved
+from flatmin.models import build_model
+from flatmin.objective import evaluate
+from flatmin.train import train_seeds
+
+# What the JSON and the figure say about the BatchNorm statistics: the SB and LB solutions have
+# different running means and variances, and pairing one network's weights with the other's
+# statistics would measure neither. Outside [0, 1] an interpolated variance can turn negative;
+# the network is undefined there and its metrics are NaN (null in the JSON, gaps in the plot).
+BATCH_STATS_NOTE = (
+    "the whole variables dict (params and BatchNorm running statistics) is interpolated"
+)
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__)
+    parser.add_argument("--points", type=int, default=25, help="alphas in [-1, 2] (paper: 25)")
+    args = parser.parse_args(argv)
+    config = build_config(args)
+    out = output_dir(args, config, "parametric")
+    data = load_data(args, config)
+    start = time.perf_counter()
+    n = data.x_train.shape[0]
+    key = seed_keys(jax.random.key(args.seed), config.seeds)[:1]  # seed 0 of the sharpness table
+    solutions, summary = {}, {}
+    for regime in ("SB", "LB"):
+        train_config = config.train_config(regime, n)
+        trained = train_seeds(train_config, key, data, progress=True)
+        solutions[regime] = jax.tree.map(lambda leaf: leaf[0], trained.variables)
+        summary[regime] = {
+            "batch_size": train_config.batch_size,
+            "epochs": trained.epochs[0],
+            "final_train_loss": trained.history.train_loss[0, -1],
+            "test_accuracy": trained.history.test_accuracy[0, -1],
+        }
+
+    model = build_model(config.model, data.num_classes, **config.model_kwargs)
+    arrays = [jnp.asarray(a) for a in data[:4]]
+
+    def metrics(variables: dict) -> tuple[jax.Array, ...]:
+        params, stats = variables["params"], variables["batch_stats"]
+        values = []
+        for x, y in (arrays[:2], arrays[2:]):
+            loss, accuracy = evaluate(model, params, stats, x, y)
+            # NaN logits (a negative running variance) would otherwise score argmax = class 0.
+            values += [loss, jnp.where(jnp.isfinite(loss), accuracy, jnp.nan)]
+        return tuple(values)
+
+    alphas = np.linspace(-1.0, 2.0, args.points)
+    paths = {}
+    for name, along in (("straight", interpolate), ("curved", interpolate_curved)):
+        values = along(metrics, solutions["SB"], solutions["LB"], alphas)
+        paths[name] = {m: np.asarray(v) for m, v in zip(METRICS, values, strict=True)}
+    undefined = {name: int(np.sum(~np.isfinite(p["train_loss"]))) for name, p in paths.items()}
+
+    results = {
+        "config": config.to_json(),
+        "train_size": n,
+        "seed": 0,
+        "alpha": alphas,
+        "alpha_meaning": "alpha = 0 is the SB solution, alpha = 1 the LB solution",
+        "interpolated": BATCH_STATS_NOTE,
+        "undefined_points": undefined,
+        "undefined_meaning": "alphas where the network is undefined (NaN loss, null here)",
+        "loss": "mean cross-entropy (nats), evaluation mode",
+        "solutions": summary,
+        "paths": paths,
+        "seconds": round(time.perf_counter() - start, 1),
+        "device": jax.devices()[0].device_kind,
+    }
+    write_json(out / "parametric.json", results)
+    save_figure(plot(alphas, paths, config.name, summary, undefined), out / "parametric.png")
+    print(f"wrote {out / 'parametric.json'} and {out / 'parametric.png'} in {results['seconds']} s")
+    return results
+
+
+def plot(alphas: np.ndarray, paths: dict, name: str, summary: dict, undefined: dict) -> plt.Figure:
+    """Two panels, cross-entropy (log) and accuracy (%); train solid, test dashed."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    colors = {"straight": "black", "curved": "tab:green"}
+    for path, values in paths.items():
+        for split, style in (("train", "-"), ("test", "--")):
+            label = f"{path} path, {split}"
+            kwargs = {"color": colors[path], "linestyle": style, "marker": ".", "label": label}
+            ax_loss.plot(alphas, values[f"{split}_loss"], **kwargs)
+            ax_acc.plot(alphas, 100 * values[f"{split}_accuracy"], **kwargs)
+    for ax in (ax_loss, ax_acc):
+        for alpha, regime, color in ((0, "SB", SB_COLOR), (1, "LB", LB_COLOR)):
+            batch = summary[regime]["batch_size"]
+            ax.axvline(alpha, color=color, linewidth=1.5, alpha=0.7)
+            ax.annotate(
+                f"{regime} (batch {batch})",
+                (alpha, 0.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 4),
+                textcoords="offset points",
+                color=color,
+                fontsize=9,
+            )
+        ax.set_xlim(alphas[0], alphas[-1])
+        ax.set_xlabel(r"$\alpha$  (0 = SB solution, 1 = LB solution)")
+        ax.grid(alpha=0.3)
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("cross-entropy (nats, log scale)")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.legend(loc="center", fontsize=8)
+    fig.suptitle(
+        f"{name}: straight $(1-\\alpha)x_{{SB}} + \\alpha x_{{LB}}$ and curved "
+        f"$\\cos(\\alpha\\pi/2)x_{{SB}} + \\sin(\\alpha\\pi/2)x_{{LB}}$ paths, evaluation mode\n"
+        f"({BATCH_STATS_NOTE};\ngaps: an interpolated running variance < 0 makes the network "
+        f"undefined, at {undefined['straight']} straight and {undefined['curved']} curved "
+        f"of {len(alphas)} points)",
+        fontsize=10,
+    )
+    return fig
+
+
+if __name__ == "__main__":
+    main()
