@@ -1,0 +1,204 @@
+"""Compile time: lowering and compiling, timed apart, each after `jax.clear_caches()`.
+
+Programs, on the digits config's 3x512 MLP (evaluation-mode loss over the training set):
+
+* the sharpness solve, `jax.jit(lambda p: flatmin.sharpness(loss, p, A, 1e-3, solver=s,
+  maxiter=m))`, for each solver, maxiter 10 and 100, in the full space and a p = 100 subspace;
+  compile(maxiter=100) / compile(maxiter=10) should be ~1 (loops are not unrolled);
+* the training epoch (`train_seeds`' vmapped epoch program), SB and LB, S = 1 and S = 8;
+* the same epoch with the seed axis sharded over all devices, where there is more than one.
+
+Every figure is the median over repeats. Use it to compare compilation speed across JAX versions
+and backends: `python benchmarks/compile.py [--json PATH] [--repeats N] [--quick]`.
+"""
+
+import argparse
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+from _timing import compiled, default_json_path, environment, format_table, write_json
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from sweep import QUICK_HIDDEN, REGIMES, epoch_program, seed_keys, train_config, vmapped_epoch
+
+import flatmin
+from flatmin._solvers import SOLVERS
+from flatmin.data import load_dataset
+from flatmin.models import build_model, init_variables
+from flatmin.objective import make_loss_fn
+
+EPS = 1e-3
+MAXITERS = (10, 100)
+SUBSPACE_DIM = 100
+EPOCH_SEEDS = (1, 8)
+QUICK_EPOCH_SEEDS = (1, 2)
+QUICK_SOLVERS = ("projected_gradient",)  # jaxopt's L-BFGS-B alone compiles for ~10 s
+
+
+def compile_times(
+    fn: Callable[..., Any], *args: Any, repeats: int, **jit_kwargs: Any
+) -> dict[str, Any]:
+    """Median lower and compile seconds of `jax.jit(fn, **jit_kwargs)` on `args`, each repeat
+    after `jax.clear_caches()`; every repeat listed too."""
+    lowers, compiles = [], []
+    for _ in range(repeats):
+        jax.clear_caches()
+        _, phases = compiled(fn, *args, **jit_kwargs)
+        lowers.append(phases["lower_s"])
+        compiles.append(phases["compile_s"])
+    return {
+        "lower_s": statistics.median(lowers),
+        "compile_s": statistics.median(compiles),
+        "total_s": statistics.median(a + b for a, b in zip(lowers, compiles, strict=True)),
+        "lower_repeats_s": lowers,
+        "compile_repeats_s": compiles,
+    }
+
+
+def sharpness_compile(hidden: Sequence[int] | None, solvers: Sequence[str], repeats: int) -> dict:
+    """Compile times of the sharpness solve per space, solver and maxiter, with the ratios."""
+    data = load_dataset("digits")
+    config = train_config("SB", hidden)
+    model = build_model(config.model, data.num_classes, **config.model_kwargs)
+    variables = init_variables(model, jax.random.key(0), data.x_train.shape[1:])
+    params = variables["params"]
+    loss = make_loss_fn(model, variables["batch_stats"], data.x_train, data.y_train)
+    spaces = {
+        "full": None,
+        f"p{SUBSPACE_DIM}": flatmin.random_subspace(jax.random.key(1), params, SUBSPACE_DIM),
+    }
+    results = {}
+    for space, A in spaces.items():
+        results[space] = {}
+        for solver in solvers:
+            per_maxiter = {}
+            for maxiter in MAXITERS:
+
+                def solve(p, A=A, solver=solver, maxiter=maxiter):
+                    return flatmin.sharpness(loss, p, A, EPS, solver=solver, maxiter=maxiter)
+
+                per_maxiter[str(maxiter)] = compile_times(solve, params, repeats=repeats)
+            low, high = (per_maxiter[str(m)] for m in (MAXITERS[0], MAXITERS[-1]))
+            results[space][solver] = {
+                "maxiter": per_maxiter,
+                "compile_ratio": high["compile_s"] / low["compile_s"],
+                "lower_ratio": high["lower_s"] / low["lower_s"],
+            }
+    return results
+
+
+def epoch_compile(hidden: Sequence[int] | None, seeds: Sequence[int], repeats: int) -> dict:
+    """Compile times of the training epoch per regime and S, and of the sharded epoch."""
+    data = load_dataset("digits")
+    devices = jax.devices()
+    results: dict[str, Any] = {"epoch": {}, "sharded": {}}
+    for regime in REGIMES:
+        program = epoch_program(train_config(regime, hidden), data)
+        fn = vmapped_epoch(program)
+        results["epoch"][regime] = {
+            str(s): compile_times(fn, program.start(seed_keys(s)), program.inputs, repeats=repeats)
+            for s in seeds
+        }
+        if len(devices) == 1:
+            results["sharded"][regime] = "skipped: 1 device"
+            continue
+        s = -(-max(seeds) // len(devices)) * len(devices)  # a multiple of the device count
+        mesh = Mesh(devices, ("seeds",))
+        shardings = (
+            NamedSharding(mesh, PartitionSpec("seeds")),
+            NamedSharding(mesh, PartitionSpec()),
+        )
+        carry = jax.device_put(program.start(seed_keys(s)), shardings[0])
+        inputs = jax.device_put(program.inputs, shardings[1])
+        times = compile_times(fn, carry, inputs, repeats=repeats, in_shardings=shardings)
+        results["sharded"][regime] = {"seeds": s, "devices": len(devices)} | times
+    return results
+
+
+def run(quick: bool = False, repeats: int = 3) -> dict:
+    """All compile timings; a JSON-ready dict. `quick`: a tiny MLP, S in {1, 2}, one solver."""
+    hidden = QUICK_HIDDEN if quick else None
+    seeds = QUICK_EPOCH_SEEDS if quick else EPOCH_SEEDS
+    solvers = QUICK_SOLVERS if quick else SOLVERS
+    sharpness = sharpness_compile(hidden, solvers, repeats)
+    epochs = epoch_compile(hidden, seeds, repeats)
+    return {
+        "environment": environment(),
+        "config": {
+            "quick": quick,
+            "repeats": repeats,
+            "model_kwargs": dict(train_config("SB", hidden).model_kwargs),
+            "dataset": "digits",
+            "eps": EPS,
+            "maxiters": list(MAXITERS),
+            "solvers": list(solvers),
+            "subspace_dim": SUBSPACE_DIM,
+            "epoch_seeds": list(seeds),
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+        },
+        "sharpness": sharpness,
+        **epochs,
+    }
+
+
+def tables(results: dict) -> str:
+    """Readable tables of `run`'s result."""
+    low, high = (str(m) for m in (MAXITERS[0], MAXITERS[-1]))
+    rows = []
+    for space, by_solver in results["sharpness"].items():
+        for solver, entry in by_solver.items():
+            a, b = entry["maxiter"][low], entry["maxiter"][high]
+            rows.append(
+                {
+                    "space": space,
+                    "solver": solver,
+                    f"lower_{low}": a["lower_s"],
+                    f"compile_{low}": a["compile_s"],
+                    f"lower_{high}": b["lower_s"],
+                    f"compile_{high}": b["compile_s"],
+                    "compile_ratio": entry["compile_ratio"],
+                    "lower_ratio": entry["lower_ratio"],
+                }
+            )
+    epoch_rows = [
+        {"program": f"epoch {regime}", "S": s, "lower_s": e["lower_s"], "compile_s": e["compile_s"]}
+        for regime, by_s in results["epoch"].items()
+        for s, e in by_s.items()
+    ]
+    for regime, entry in results["sharded"].items():
+        if isinstance(entry, str):
+            epoch_rows.append({"program": f"sharded epoch {regime}", "S": entry})
+        else:
+            epoch_rows.append(
+                {"program": f"sharded epoch {regime} ({entry['devices']} devices)"}
+                | {key: entry[key] for key in ("lower_s", "compile_s")}
+                | {"S": entry["seeds"]}
+            )
+    return "\n\n".join(
+        [
+            f"Sharpness solve: lower / compile seconds (medians), ratios = maxiter {high} / {low}",
+            format_table(list(rows[0]), rows),
+            "Training epoch: lower / compile seconds (medians)",
+            format_table(["program", "S", "lower_s", "compile_s"], epoch_rows),
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: runs the compile benchmark, prints the tables, writes the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=None, help="output path")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats (default 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    results = run(quick=args.quick, repeats=repeats)
+    print(tables(results))
+    default = default_json_path("compile-quick" if args.quick else "compile")
+    print(f"\nwrote {write_json(args.json or default, results)}")
+
+
+if __name__ == "__main__":
+    main()

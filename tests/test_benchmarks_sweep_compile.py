@@ -1,0 +1,94 @@
+"""Smoke tests of benchmarks/sweep.py and benchmarks/compile.py: tiny sizes, well-formed JSON.
+
+Timings are never asserted (shared, noisy machines); only structure, finiteness and positivity.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TIMING_KEYS = {"median_s", "min_s", "max_s", "repeats_s", "warmup"}
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (benchmarks/ on sys.path for `_timing` and `sweep`)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for module in ("_timing", "sweep"):  # fresh imports of the benchmark helpers
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbers(tree: Any, path: str = ""):
+    """(path, number) for every int or float leaf of a JSON tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, f"{path}/{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _numbers(value, f"{path}/{i}")
+    elif isinstance(tree, int | float) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def _check_json(tmp_path: Path, timing: ModuleType, results: dict) -> dict:
+    """Writes `results` as JSON (NaN refused), reads it back; every timing is finite and > 0."""
+    results = json.loads(timing.write_json(tmp_path / "out.json", results).read_text())
+    assert {"device_platform", "versions", "cpu_count"} <= set(results["environment"])
+    for path, value in _numbers(results):
+        assert math.isfinite(value), path
+        if path.endswith("_s") or "_repeats_s/" in path or "/repeats_s/" in path:
+            assert value > 0, path
+    return results
+
+
+def test_sweep_quick(monkeypatch, tmp_path, capsys):
+    sweep = _load(monkeypatch, "sweep")
+    results = _check_json(tmp_path, sys.modules["_timing"], sweep.run(quick=True, repeats=1))
+    seeds = [str(s) for s in sweep.QUICK_SEEDS]
+    assert results["config"]["seeds"] == list(sweep.QUICK_SEEDS)
+    assert set(results["regimes"]) == set(sweep.REGIMES) == set(results["targets"])
+    for regime in results["regimes"].values():
+        assert list(regime["seeds"]) == seeds
+        assert regime["matmul_flops_per_seed_epoch"] > 0 and regime["compile_growth"] > 0
+        for entry in regime["seeds"].values():
+            assert TIMING_KEYS <= set(entry["vmapped"]) and TIMING_KEYS <= set(entry["sequential"])
+            for key in ("lower_s", "compile_s", "ratio", "vmapped_seed_epochs_per_s"):
+                assert entry[key] > 0, key
+            assert entry["sequential_seed_epochs_per_s"] > 0
+    for target in results["targets"].values():
+        assert isinstance(target["ratio_met"], bool) and target["ratio"] > 0
+    assert results["matmul"]["peak_matmul_1024_gflops_per_s"] > 0
+    print(sweep.tables(results))
+    assert "compile_growth" in capsys.readouterr().out
+
+
+def test_compile_quick(monkeypatch, tmp_path, capsys):
+    bench = _load(monkeypatch, "compile")
+    results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
+    assert set(results["sharpness"]) == {"full", f"p{bench.SUBSPACE_DIM}"}
+    for by_solver in results["sharpness"].values():
+        assert set(by_solver) == set(bench.QUICK_SOLVERS) == set(results["config"]["solvers"])
+        for entry in by_solver.values():
+            assert [int(m) for m in entry["maxiter"]] == list(bench.MAXITERS)
+            assert entry["compile_ratio"] > 0 and entry["lower_ratio"] > 0
+            for times in entry["maxiter"].values():
+                assert times["lower_s"] > 0 and times["compile_s"] > 0
+                assert len(times["compile_repeats_s"]) == 1
+    assert set(results["epoch"]) == set(bench.REGIMES)
+    for by_s in results["epoch"].values():
+        assert [int(s) for s in by_s] == list(bench.QUICK_EPOCH_SEEDS)
+        assert all(e["compile_s"] > 0 for e in by_s.values())
+    # One CPU device under the tests: the sharded sweep is skipped, and says so.
+    assert results["sharded"] == dict.fromkeys(bench.REGIMES, "skipped: 1 device")
+    print(bench.tables(results))
+    assert "compile_ratio" in capsys.readouterr().out
