@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from flatmin._checks import check_loss_and_params
+
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
 
@@ -115,7 +117,7 @@ def hessian_eigenvalues(
     Raises:
       ValueError: for bad arguments, before any work.
     """
-    n = _check_params(loss_fn, params)
+    n = check_loss_and_params(loss_fn, params)
     if not isinstance(k, int | np.integer) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
     if num_iterations is None:
@@ -162,7 +164,7 @@ def hessian_trace(
     Raises:
       ValueError: for bad arguments, before any work.
     """
-    _check_params(loss_fn, params)
+    check_loss_and_params(loss_fn, params)
     if not isinstance(num_samples, int | np.integer) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
     if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
@@ -259,25 +261,3 @@ def _hutchinson(loss_fn, params, key, num_samples, batch_size) -> TraceEstimate:
 
 
 _hutchinson = jax.jit(_hutchinson, static_argnames=("loss_fn", "num_samples", "batch_size"))
-
-
-def _check_params(loss_fn: LossFn, params: PyTree) -> int:
-    """Validates `loss_fn` and `params` from their shapes alone; returns n."""
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError("params must contain at least one array, got an empty pytree")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"params must hold floating arrays; leaf {jax.tree_util.keystr(path)} has dtype "
-                f"{jnp.result_type(leaf)}"
-            )
-    out = jax.eval_shape(loss_fn, params)
-    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
-        raise ValueError(
-            f"loss_fn must return a floating scalar, got {getattr(out, 'shape', out)} "
-            f"of dtype {getattr(out, 'dtype', type(out).__name__)}"
-        )
-    return sum(int(np.size(leaf)) for leaf in leaves)

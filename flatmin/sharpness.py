@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from flatmin._checks import check_loss_and_params
 from flatmin._solvers import SOLVERS, maximize_in_box
 
 INITS = ("random", "zero")
@@ -179,18 +180,8 @@ _solve = jax.jit(_solve, static_argnames=("loss_fn", "solver", "maxiter", "resta
 
 def _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init) -> int:
     """Validates everything that can be checked without running the loss; returns p."""
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    n = check_loss_and_params(loss_fn, params)
     leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError("params must contain at least one array, got an empty pytree")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"params must hold floating arrays; leaf {jax.tree_util.keystr(path)} has dtype "
-                f"{jnp.result_type(leaf)}"
-            )
-    n = sum(int(np.size(leaf)) for leaf in leaves)
 
     eps_value = _concrete(eps)
     if eps_value is not None and not (np.isfinite(eps_value) and eps_value > 0):
@@ -220,13 +211,6 @@ def _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init) -
             raise ValueError(f"A must have 1 <= p <= n = {n} columns, got p = {p}")
         if not jnp.issubdtype(jnp.result_type(A), jnp.floating):
             raise ValueError(f"A must be a floating array, got dtype {jnp.result_type(A)}")
-
-    out = jax.eval_shape(loss_fn, params)
-    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
-        raise ValueError(
-            f"loss_fn must return a floating scalar, got {getattr(out, 'shape', out)} "
-            f"of dtype {getattr(out, 'dtype', type(out).__name__)}"
-        )
 
     # A diverged run's parameters are caught here, before the solve is compiled and run.
     if _concrete(leaves) is not None and not all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):

@@ -4,46 +4,25 @@ Timings are never asserted (shared, noisy machines); only structure, finiteness,
 and the evaluation counter's counts, which are exact.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import pytest
+from benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TIMING_KEYS = {"median_s", "min_s", "max_s", "repeats_s", "warmup"}
 # Differences of medians: noise can make them negative (or their quotients non-finite, None).
-DIFFERENCES = {"rest_s", "overhead_excluding_box", "speedup_vs_scipy_excluding_box"}
-
-
-def _load(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
-    """benchmarks/<name>.py as a module (benchmarks/ is on sys.path for its `_timing`)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _numbers(tree: Any, path: str = ""):
-    """(path, number) for every int or float leaf of a JSON tree."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _numbers(value, f"{path}/{key}")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _numbers(value, f"{path}/{i}")
-    elif isinstance(tree, int | float) and not isinstance(tree, bool):
-        yield path, tree
+DIFFERENCES = {
+    "rest_s",
+    "overhead_excluding_box",
+    "overhead_vs_space_floor",
+    "speedup_vs_scipy_excluding_box",
+}
 
 
 def test_timing_helpers(monkeypatch, tmp_path):
-    timing = _load(monkeypatch, "_timing")
+    timing = load_benchmark(monkeypatch, "_timing")
     fn, phases = timing.compiled(lambda x: x * 2, jnp.ones(3))
     assert set(phases) == {"lower_s", "compile_s"} and min(phases.values()) > 0
     result = timing.timed(fn, jnp.ones(3), repeats=3)
@@ -62,7 +41,7 @@ def test_timing_helpers(monkeypatch, tmp_path):
 
 
 def test_sharpness_benchmark_quick(monkeypatch, tmp_path, capsys):
-    bench = _load(monkeypatch, "sharpness")
+    bench = load_benchmark(monkeypatch, "sharpness")
     out = tmp_path / "sharpness.json"
     bench.main(["--quick", "--repeats", "1", "--blas-threads", "1", "--json", str(out)])
     assert "projected_gradient" in capsys.readouterr().out
@@ -74,7 +53,7 @@ def test_sharpness_benchmark_quick(monkeypatch, tmp_path, capsys):
     assert config["quick"] and config["repeats"] == 1 and config["maxiter"] == bench.MAXITER
     maxiter = config["maxiter"]
 
-    for path, value in _numbers(results):
+    for path, value in json_numbers(results):
         assert math.isfinite(value), path
         if path.rsplit("/", 1)[-1] not in DIFFERENCES and "/repeats_s/" not in path:
             assert value >= 0, path
@@ -104,7 +83,7 @@ def test_sharpness_benchmark_quick(monkeypatch, tmp_path, capsys):
 
     assert set(problem["spaces"]) == {"full", f"p{bench.SUBSPACE_DIM}"}
     for space in problem["spaces"].values():
-        assert space["box_radius"]["median_s"] > 0
+        assert space["box_radius"]["median_s"] > 0 and space["floor_in_space_s"] > 0
         scipy = space["scipy"]
         assert scipy["run"]["median_s"] > 0 and scipy["value"] >= 0
         assert scipy["evaluations"]["grad_evals"] == scipy["funcalls"] >= 1
@@ -122,14 +101,14 @@ def test_sharpness_benchmark_quick(monkeypatch, tmp_path, capsys):
             assert solver in problem["solvers"]
             assert [int(r) for r in per_r] == config["restarts"]
             for r, entry in per_r.items():
-                assert entry["per_restart_s"] > 0
+                assert entry["per_restart_s"] > 0 and entry["value"] >= 0
                 counts = entry["evaluations"]
                 assert counts["grad_evals"] == int(r) * counts["grad_calls"]
     assert any(space["restarts"] for space in problem["spaces"].values())
 
 
 def test_eval_counter_counts_under_jit_and_vmap(monkeypatch):
-    bench = _load(monkeypatch, "sharpness")
+    bench = load_benchmark(monkeypatch, "sharpness")
     counter = bench.EvalCounter()
 
     def loss(w):

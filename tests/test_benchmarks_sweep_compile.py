@@ -3,48 +3,20 @@
 Timings are never asserted (shared, noisy machines); only structure, finiteness and positivity.
 """
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
-import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TIMING_KEYS = {"median_s", "min_s", "max_s", "repeats_s", "warmup"}
-
-
-def _load(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
-    """benchmarks/<name>.py as a module (benchmarks/ on sys.path for `_timing` and `sweep`)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for module in ("_timing", "sweep"):  # fresh imports of the benchmark helpers
-        monkeypatch.delitem(sys.modules, module, raising=False)
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _numbers(tree: Any, path: str = ""):
-    """(path, number) for every int or float leaf of a JSON tree."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _numbers(value, f"{path}/{key}")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _numbers(value, f"{path}/{i}")
-    elif isinstance(tree, int | float) and not isinstance(tree, bool):
-        yield path, tree
+from benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
 
 
 def _check_json(tmp_path: Path, timing: ModuleType, results: dict) -> dict:
     """Writes `results` as JSON (NaN refused), reads it back; every timing is finite and > 0."""
     results = json.loads(timing.write_json(tmp_path / "out.json", results).read_text())
     assert {"device_platform", "versions", "cpu_count"} <= set(results["environment"])
-    for path, value in _numbers(results):
+    for path, value in json_numbers(results):
         assert math.isfinite(value), path
         if path.endswith("_s") or "_repeats_s/" in path or "/repeats_s/" in path:
             assert value > 0, path
@@ -52,7 +24,7 @@ def _check_json(tmp_path: Path, timing: ModuleType, results: dict) -> dict:
 
 
 def test_sweep_quick(monkeypatch, tmp_path, capsys):
-    sweep = _load(monkeypatch, "sweep")
+    sweep = load_benchmark(monkeypatch, "sweep")
     results = _check_json(tmp_path, sys.modules["_timing"], sweep.run(quick=True, repeats=1))
     seeds = [str(s) for s in sweep.QUICK_SEEDS]
     assert results["config"]["seeds"] == list(sweep.QUICK_SEEDS)
@@ -73,7 +45,7 @@ def test_sweep_quick(monkeypatch, tmp_path, capsys):
 
 
 def test_compile_quick(monkeypatch, tmp_path, capsys):
-    bench = _load(monkeypatch, "compile")
+    bench = load_benchmark(monkeypatch, "compile")
     results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
     assert set(results["sharpness"]) == {"full", f"p{bench.SUBSPACE_DIM}"}
     for by_solver in results["sharpness"].values():
