@@ -246,8 +246,9 @@ def _sharpness_fn(loss: Loss, solver: str, restarts: int = 1, init: str = "zero"
     return fn
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _ratio(a: float, b: float) -> float | None:
+    """a / b, or None where that is not a finite number."""
+    return a / b if b != 0 and math.isfinite(a / b) else None
 
 
 def floor_timing(problem: Problem, repeats: int) -> dict:
@@ -291,6 +292,8 @@ class ScipyRoute(NamedTuple):
 
     solve: Callable[[], dict]
     neg_f: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+    value_and_grad: Callable[..., tuple[jax.Array, jax.Array]]  # compiled, of neg_f
+    args: tuple  # (y = 0, x, A) for value_and_grad
     compile_times: dict
 
 
@@ -321,7 +324,7 @@ def scipy_route(loss: Loss, params: PyTree, A: jax.Array | None, radius: np.ndar
         )
         return {"y": y, "neg_max": float(neg_max), "info": info, "loss": float(loss_at(params))}
 
-    return ScipyRoute(solve, neg_f, compile_times)
+    return ScipyRoute(solve, neg_f, value_and_grad, (y0, x, A), compile_times)
 
 
 def scipy_timing(problem: Problem, A: jax.Array | None, radius: np.ndarray, repeats: int) -> dict:
@@ -329,6 +332,9 @@ def scipy_timing(problem: Problem, A: jax.Array | None, radius: np.ndarray, repe
     route = scipy_route(problem.loss, problem.params, A, radius)
     run = timed(route.solve, repeats=repeats)
     log(f"  scipy: median {run['median_s']:.4g} s")
+    # One value_and_grad of y -> f(x + A y) alone: the per-iteration price in this space, with
+    # the (n, p) products of a subspace that the floor (a gradient in params) leaves out.
+    space_vg = timed(route.value_and_grad, *route.args, repeats=repeats)
     out = route.solve()
     x, _ = ravel_pytree(problem.params)
     y = jnp.asarray(np.clip(out["y"], -radius, radius), x.dtype)
@@ -341,6 +347,7 @@ def scipy_timing(problem: Problem, A: jax.Array | None, radius: np.ndarray, repe
     return {
         **route.compile_times,
         "run": run,
+        "value_and_grad_in_y": space_vg,
         "value": (max_loss - out["loss"]) / (1 + out["loss"]) * 100,
         "max_loss": max_loss,
         "max_loss_as_returned": -out["neg_max"],
@@ -361,8 +368,14 @@ def restart_timing(
     single: dict,
     repeats: int,
 ) -> dict:
-    """Vmapped restarts: run time and time per restart, against `single` (restarts=1)."""
-    out = {"1": {"run": single["run"], "evaluations": single["evaluations"]}}
+    """Vmapped restarts: run time, time per restart against `single` (restarts=1), value."""
+    out = {
+        "1": {
+            "run": single["run"],
+            "evaluations": single["evaluations"],
+            "value": single["value_init_zero"],
+        }
+    }
     for R in restarts:
         if R == 1:
             continue  # the same program as `single`
@@ -370,12 +383,13 @@ def restart_timing(
             _sharpness_fn(problem.loss, solver, restarts=R), problem.params, A
         )
         run = timed(fn, problem.params, A, repeats=repeats)
-        log(f"  {solver} restarts={R}: median {run['median_s']:.4g} s")
+        value = float(fn(problem.params, A))
+        log(f"  {solver} restarts={R}: median {run['median_s']:.4g} s, phi {value:.4g}")
         counter = EvalCounter()
         evaluations = counter.count(
             _sharpness_fn(counter.wrap(problem.loss), solver, restarts=R), problem.params, A
         )
-        out[str(R)] = {**compile_times, "run": run, "evaluations": evaluations}
+        out[str(R)] = {**compile_times, "run": run, "evaluations": evaluations, "value": value}
     for R, entry in out.items():
         entry["per_restart_s"] = entry["run"]["median_s"] / int(R)
         entry["per_restart_vs_single"] = entry["per_restart_s"] / single["run"]["median_s"]
@@ -402,8 +416,11 @@ def bench_space(
     """Everything for one (problem, space): box, scipy, solvers, ratios, and restarts for
     `restart_solvers`.
 
-    Speedups: `speedup_vs_scipy` = (scipy route + box) / flatmin, both sides computing the box
-    once; `speedup_vs_scipy_excluding_box` = scipy route / (flatmin - box).
+    Overheads: `overhead` = flatmin / floor; `overhead_excluding_box` = (flatmin - box) / floor;
+    `overhead_vs_space_floor` = (flatmin - box) / ((maxiter + 1) value_and_grad of
+    y -> f(x + A y)), which also prices the (n, p) products of a subspace. Speedups:
+    `speedup_vs_scipy` = (scipy route + box) / flatmin, both sides computing the box once;
+    `speedup_vs_scipy_excluding_box` = scipy route / (flatmin - box).
     """
     n = int(ravel_pytree(problem.params)[0].size)
     log(f"{problem.name}, {'full space' if A is None else f'p = {A.shape[1]}'}")
@@ -413,6 +430,8 @@ def bench_space(
     result: dict = {"p": n if A is None else int(A.shape[1]), "box_radius": box, "solvers": {}}
     result["scipy"] = scipy_timing(problem, A, radius, repeats)
     scipy_s, scipy_value = result["scipy"]["run"]["median_s"], result["scipy"]["value"]
+    space_floor_s = (MAXITER + 1) * result["scipy"]["value_and_grad_in_y"]["median_s"]
+    result["floor_in_space_s"] = space_floor_s
     t_vg = floor["value_and_grad"]["median_s"]
     t_fwd = floor["forward"]["median_s"]
     for solver in solvers:
@@ -425,19 +444,21 @@ def bench_space(
         entry |= {
             "overhead": solve_s / floor["floor_s"],
             "overhead_excluding_box": (solve_s - box_s) / floor["floor_s"],
+            "overhead_vs_space_floor": (solve_s - box_s) / space_floor_s,
             "evaluations_priced_s": loss_s,
             "rest_s": solve_s - loss_s,
             "speedup_vs_scipy": (scipy_s + box_s) / solve_s,
-            "speedup_vs_scipy_excluding_box": scipy_s / (solve_s - box_s),
-            "value_ratio_vs_scipy": _finite_or_none(entry["value_init_zero"] / scipy_value)
-            if scipy_value != 0
-            else None,
+            "speedup_vs_scipy_excluding_box": _ratio(scipy_s, solve_s - box_s),
+            "value_ratio_vs_scipy": _ratio(entry["value_init_zero"], scipy_value),
         }
         result["solvers"][solver] = entry
     result["restarts"] = {
         solver: restart_timing(problem, A, solver, restarts, result["solvers"][solver], repeats)
         for solver in restart_solvers
     }
+    for per_r in result["restarts"].values():
+        for entry in per_r.values():
+            entry["value_ratio_vs_scipy"] = _ratio(entry["value"], scipy_value)
     return result
 
 
@@ -449,17 +470,18 @@ class Case(NamedTuple):
     restarts_in: tuple[tuple[str, str], ...]
 
 
-# Restarts cost R solves each, so they are timed on the small MLP only, in the full space and
-# with projected gradient: 16 restarts are ~16 s per repeat there on 2 cores. L-BFGS-B is left
-# out: in the full space its Cauchy-point search is a sequential while_loop over breakpoints
-# (~13,000 at the first iteration on this MLP) that slows down superlinearly under vmap (one
-# exploratory run: 7 s at R = 1, 140-170 s at R = 4), which would take an hour at R = 16.
+# Restarts cost R solves each, so they are timed on the small MLP only: with projected gradient
+# in the full space (the loss alone: 16 restarts take ~16 s per repeat on 2 cores) and with
+# L-BFGS-B at p = 100 (one least-squares box for all R; vertices are local maxima there, so
+# restarts raise the value). Not L-BFGS-B in the full space: its Cauchy-point search is a
+# sequential while_loop over breakpoints (~13,000 at the first iteration on this MLP) that slows
+# down superlinearly under vmap (exploratory: 7 s at R = 1, 140-170 s at R = 4), an hour at 16.
 # The quick case (smoke test) keeps one solver: compiling dominates it.
 CASES = (
     Case(
         partial(digits_problem, (512, 512, 512), steps=300),
         SOLVERS,
-        (("full", "projected_gradient"),),
+        (("full", "projected_gradient"), ("p100", "lbfgsb")),
     ),
     Case(partial(synthetic_f1_problem, 2048, steps=100), SOLVERS, ()),
 )
@@ -557,6 +579,9 @@ def tables(results: dict) -> str:
                 key
                 | {"route": "floor", "median_s": floor_s, "/floor": 1.0}
                 | {"fwd": MAXITER + 1, "grad": MAXITER + 1},
+                key
+                | {"route": "floor in y", "median_s": res["floor_in_space_s"]}
+                | {"/floor": res["floor_in_space_s"] / floor_s, "/y-floor": 1.0},
                 key | {"route": "box (A^+x)", "median_s": box_s, "/floor": box_s / floor_s},
                 key
                 | {
@@ -576,6 +601,7 @@ def tables(results: dict) -> str:
                         "median_s": e["run"]["median_s"],
                         "min_s": e["run"]["min_s"],
                         "/floor": e["overhead"],
+                        "/y-floor": e["overhead_vs_space_floor"],
                         "fwd": e["evaluations"]["forward_evals"],
                         "grad": e["evaluations"]["grad_evals"],
                         "phi(zero)": e["value_init_zero"],
@@ -595,12 +621,16 @@ def tables(results: dict) -> str:
                             "median_s": e["run"]["median_s"],
                             "per_restart_s": e["per_restart_s"],
                             "vs_R1": e["per_restart_vs_single"],
+                            "phi": e["value"],
+                            "value_ratio": e["value_ratio_vs_scipy"],
                         }
                         | {k: e["evaluations"][k] for k in EvalCounter.KEYS}
                     )
-    solve_columns = ["problem", "space", "route", "median_s", "min_s", "/floor", "fwd", "grad"]
+    solve_columns = ["problem", "space", "route", "median_s", "min_s", "/floor", "/y-floor"]
+    solve_columns += ["fwd", "grad"]
     solve_columns += ["phi(zero)", "phi(random)", "speedup", "speedup-box", "value_ratio"]
     restart_columns = ["problem", "space", "solver", "R", "median_s", "per_restart_s", "vs_R1"]
+    restart_columns += ["phi", "value_ratio"]
     restart_columns += list(EvalCounter.KEYS)
     return f"{format_table(solve_columns, solves)}\n\n{format_table(restart_columns, restarts)}"
 
