@@ -42,6 +42,40 @@ def timed(fn: Callable[..., Any], *args: Any, repeats: int = 5, warmup: int = 1)
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
+    return _summary(times, warmup)
+
+
+def timed_together(
+    calls: Mapping[str, tuple[Callable[..., Any], tuple]], *, repeats: int = 5, warmup: int = 1
+) -> dict[str, dict]:
+    """Times several calls interleaved: each repeat runs every call once, in order.
+
+    On a shared machine the load drifts over minutes; interleaving exposes all calls to the same
+    drift, so ratios of their repeat-by-repeat times (see `paired`) stay meaningful. `calls` maps
+    a name to (fn, args); returns a `timed`-shaped dict per name.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        for fn, args in calls.values():
+            jax.block_until_ready(fn(*args))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: _summary(ts, warmup) for name, ts in times.items()}
+
+
+def paired(fn: Callable[..., float], *timings: dict) -> dict:
+    """Median, min and max over repeats of fn(t_1, t_2, ...), the t_i being the i-th timing's
+    seconds in the same repeat (from `timed_together`)."""
+    values = [fn(*ts) for ts in zip(*(t["repeats_s"] for t in timings), strict=True)]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _summary(times: list[float], warmup: int) -> dict:
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),

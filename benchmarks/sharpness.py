@@ -37,7 +37,9 @@ from _timing import (
     environment,
     format_table,
     log,
+    paired,
     timed,
+    timed_together,
     write_json,
 )
 from jax.flatten_util import ravel_pytree
@@ -251,38 +253,52 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b != 0 and math.isfinite(a / b) else None
 
 
-def floor_timing(problem: Problem, repeats: int) -> dict:
-    """One full-training-set value_and_grad (and a forward alone), compiled and timed."""
+class Floor(NamedTuple):
+    """The floor's standalone timings, and its value_and_grad compiled for interleaved use."""
+
+    timings: dict
+    value_and_grad: Callable[[PyTree], tuple[jax.Array, PyTree]]
+
+
+def floor_timing(problem: Problem, repeats: int) -> Floor:
+    """One full-training-set value_and_grad, and one forward, compiled and each timed alone."""
     vg, vg_compile = compiled(jax.value_and_grad(problem.loss), problem.params)
     fwd, fwd_compile = compiled(problem.loss, problem.params)
     vg_time = timed(vg, problem.params, repeats=repeats)
     fwd_time = timed(fwd, problem.params, repeats=repeats)
-    return {
+    timings = {
         "value_and_grad": vg_time | vg_compile,
         "forward": fwd_time | fwd_compile,
         "floor_s": (MAXITER + 1) * vg_time["median_s"],
-        "floor_definition": "(maxiter + 1) * median value_and_grad time",
+        "floor_definition": (
+            "(maxiter + 1) value_and_grad calls, each run to completion; here (maxiter + 1) "
+            "times the median of single calls, per space also timed as one block of "
+            "(maxiter + 1) calls interleaved with the solves (spaces/*/floor)"
+        ),
     }
+    return Floor(timings, vg)
 
 
-def solver_timing(problem: Problem, A: jax.Array | None, solver: str, repeats: int) -> dict:
-    """flatmin.sharpness with one solver: compile, run time, values, counted evaluations."""
-    fn, compile_times = compiled(_sharpness_fn(problem.loss, solver), problem.params, A)
-    run = timed(fn, problem.params, A, repeats=repeats)
-    log(f"  {solver}: median {run['median_s']:.4g} s")
-    value_zero = float(fn(problem.params, A))
-    value_random = float(
-        jax.jit(_sharpness_fn(problem.loss, solver, init="random"))(problem.params, A)
-    )
+def _calls(fn: Callable[..., Any], args: tuple, times: int) -> Callable[[], None]:
+    """Runs fn(*args) `times` times, each to completion: a floor of `times` evaluations."""
+
+    def run() -> None:
+        for _ in range(times):
+            jax.block_until_ready(fn(*args))
+
+    return run
+
+
+def solver_details(problem: Problem, A: jax.Array | None, solver: str, fn: Callable) -> dict:
+    """Values at init="zero" (the compiled `fn`) and "random", and the counted evaluations."""
+    value_random = jax.jit(_sharpness_fn(problem.loss, solver, init="random"))(problem.params, A)
     counter = EvalCounter()
     evaluations = counter.count(
         _sharpness_fn(counter.wrap(problem.loss), solver), problem.params, A
     )
     return {
-        **compile_times,
-        "run": run,
-        "value_init_zero": value_zero,
-        "value_init_random": value_random,
+        "value_init_zero": float(fn(problem.params, A)),
+        "value_init_random": float(value_random),
         "evaluations": evaluations,
     }
 
@@ -294,14 +310,15 @@ class ScipyRoute(NamedTuple):
     neg_f: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
     value_and_grad: Callable[..., tuple[jax.Array, jax.Array]]  # compiled, of neg_f
     args: tuple  # (y = 0, x, A) for value_and_grad
+    radius: np.ndarray
     compile_times: dict
 
 
 def scipy_route(loss: Loss, params: PyTree, A: jax.Array | None, radius: np.ndarray) -> ScipyRoute:
     """scipy's fmin_l_bfgs_b (default settings but maxiter) on -f(x + A y) from y = 0.
 
-    The box is +-radius, radius = eps (|A^+ x| + 1) computed beforehand (its time is measured
-    apart, see `bench_space`). Value and gradient come from one jitted function and are
+    The box is +-radius, radius = eps (|A^+ x| + 1) computed beforehand (timed on its own and
+    added, see `bench_space`). Value and gradient come from one jitted function and are
     converted to float64 NumPy on every call; f(x), which the metric needs, is part of `solve`.
     """
     x, unravel = ravel_pytree(params)
@@ -324,19 +341,14 @@ def scipy_route(loss: Loss, params: PyTree, A: jax.Array | None, radius: np.ndar
         )
         return {"y": y, "neg_max": float(neg_max), "info": info, "loss": float(loss_at(params))}
 
-    return ScipyRoute(solve, neg_f, value_and_grad, (y0, x, A), compile_times)
+    return ScipyRoute(solve, neg_f, value_and_grad, (y0, x, A), radius, compile_times)
 
 
-def scipy_timing(problem: Problem, A: jax.Array | None, radius: np.ndarray, repeats: int) -> dict:
-    """Times the scipy route; recomputes its phi at its y clipped to the box; counts its calls."""
-    route = scipy_route(problem.loss, problem.params, A, radius)
-    run = timed(route.solve, repeats=repeats)
-    log(f"  scipy: median {run['median_s']:.4g} s")
-    # One value_and_grad of y -> f(x + A y) alone: the per-iteration price in this space, with
-    # the (n, p) products of a subspace that the floor (a gradient in params) leaves out.
-    space_vg = timed(route.value_and_grad, *route.args, repeats=repeats)
+def scipy_details(problem: Problem, A: jax.Array | None, route: ScipyRoute) -> dict:
+    """One more scipy solve: its phi recomputed at its y clipped to the box, its counted calls."""
     out = route.solve()
     x, _ = ravel_pytree(problem.params)
+    radius = route.radius
     y = jnp.asarray(np.clip(out["y"], -radius, radius), x.dtype)
     max_loss = -float(jax.jit(route.neg_f)(y, x, A))
     counter = EvalCounter()
@@ -346,8 +358,6 @@ def scipy_timing(problem: Problem, A: jax.Array | None, radius: np.ndarray, repe
     info = out["info"]
     return {
         **route.compile_times,
-        "run": run,
-        "value_and_grad_in_y": space_vg,
         "value": (max_loss - out["loss"]) / (1 + out["loss"]) * 100,
         "max_loss": max_loss,
         "max_loss_as_returned": -out["neg_max"],
@@ -365,95 +375,104 @@ def restart_timing(
     A: jax.Array | None,
     solver: str,
     restarts: Sequence[int],
-    single: dict,
+    single: Callable,
     repeats: int,
 ) -> dict:
-    """Vmapped restarts: run time, time per restart against `single` (restarts=1), value."""
-    out = {
-        "1": {
-            "run": single["run"],
-            "evaluations": single["evaluations"],
-            "value": single["value_init_zero"],
-        }
-    }
+    """Vmapped restarts, timed interleaved with `single` (the compiled restarts=1 solve): run
+    time, time per restart against single's (repeat by repeat), value, counted evaluations."""
+    calls, out = {}, {}
     for R in restarts:
-        if R == 1:
-            continue  # the same program as `single`
-        fn, compile_times = compiled(
-            _sharpness_fn(problem.loss, solver, restarts=R), problem.params, A
+        fn, compile_times = (
+            (single, {})
+            if R == 1
+            else compiled(_sharpness_fn(problem.loss, solver, restarts=R), problem.params, A)
         )
-        run = timed(fn, problem.params, A, repeats=repeats)
-        value = float(fn(problem.params, A))
-        log(f"  {solver} restarts={R}: median {run['median_s']:.4g} s, phi {value:.4g}")
         counter = EvalCounter()
         evaluations = counter.count(
             _sharpness_fn(counter.wrap(problem.loss), solver, restarts=R), problem.params, A
         )
-        out[str(R)] = {**compile_times, "run": run, "evaluations": evaluations, "value": value}
+        calls[str(R)] = (fn, (problem.params, A))
+        out[str(R)] = {
+            **compile_times,
+            "value": float(fn(problem.params, A)),
+            "evaluations": evaluations,
+        }
+    times = timed_together(calls, repeats=repeats)
     for R, entry in out.items():
-        entry["per_restart_s"] = entry["run"]["median_s"] / int(R)
-        entry["per_restart_vs_single"] = entry["per_restart_s"] / single["run"]["median_s"]
+        entry["run"] = times[R]
+        entry["per_restart_s"] = times[R]["median_s"] / int(R)
+        entry["per_restart_vs_single"] = paired(
+            lambda t, t1, R=int(R): t / R / t1, times[R], times["1"]
+        )
+        log(f"  {solver} restarts={R}: median {entry['per_restart_s']:.4g} s per restart")
     return out
-
-
-def box_timing(problem: Problem, A: jax.Array | None, repeats: int) -> tuple[dict, np.ndarray]:
-    """flatmin.box_radius alone (least squares for A^+ x in a subspace): part of every solve,
-    not of the floor. Returns its timing and the radius, float64."""
-    fn, compile_times = compiled(lambda p, A: flatmin.box_radius(p, A, EPS), problem.params, A)
-    timing = timed(fn, problem.params, A, repeats=repeats) | compile_times
-    return timing, np.asarray(fn(problem.params, A), np.float64)
 
 
 def bench_space(
     problem: Problem,
     A: jax.Array | None,
-    floor: dict,
+    floor: Floor,
     repeats: int,
     solvers: Sequence[str] = SOLVERS,
     restarts: Sequence[int] = (),
     restart_solvers: Sequence[str] = (),
 ) -> dict:
-    """Everything for one (problem, space): box, scipy, solvers, ratios, and restarts for
-    `restart_solvers`.
+    """Everything for one (problem, space), timed interleaved so ratios are repeat by repeat.
 
-    Overheads: `overhead` = flatmin / floor; `overhead_excluding_box` = (flatmin - box) / floor;
-    `overhead_vs_space_floor` = (flatmin - box) / ((maxiter + 1) value_and_grad of
-    y -> f(x + A y)), which also prices the (n, p) products of a subspace. Speedups:
-    `speedup_vs_scipy` = (scipy route + box) / flatmin, both sides computing the box once;
-    `speedup_vs_scipy_excluding_box` = scipy route / (flatmin - box).
+    Timed: the floor ((maxiter + 1) value_and_grad calls of f in params), the floor in y (the
+    same of y -> f(x + A y), which also prices a subspace's (n, p) products), the box
+    (flatmin.box_radius: least squares for A^+ x), the scipy route (box precomputed), and each
+    solver. Ratios (median over repeats of the per-repeat ratio): `overhead` = flatmin / floor;
+    `overhead_excluding_box` = (flatmin - box) / floor; `overhead_vs_floor_in_y` = (flatmin -
+    box) / floor in y; `speedup_vs_scipy` = (scipy + box) / flatmin, both sides computing the box
+    once; `speedup_vs_scipy_excluding_box` = scipy / (flatmin - box). Then values, counted
+    evaluations, and restarts for `restart_solvers`.
     """
-    n = int(ravel_pytree(problem.params)[0].size)
-    log(f"{problem.name}, {'full space' if A is None else f'p = {A.shape[1]}'}")
-    box, radius = box_timing(problem, A, repeats)
-    log(f"  box: median {box['median_s']:.4g} s")
-    box_s = box["median_s"]
-    result: dict = {"p": n if A is None else int(A.shape[1]), "box_radius": box, "solvers": {}}
-    result["scipy"] = scipy_timing(problem, A, radius, repeats)
-    scipy_s, scipy_value = result["scipy"]["run"]["median_s"], result["scipy"]["value"]
-    space_floor_s = (MAXITER + 1) * result["scipy"]["value_and_grad_in_y"]["median_s"]
-    result["floor_in_space_s"] = space_floor_s
-    t_vg = floor["value_and_grad"]["median_s"]
-    t_fwd = floor["forward"]["median_s"]
-    for solver in solvers:
-        entry = solver_timing(problem, A, solver, repeats)
-        solve_s = entry["run"]["median_s"]
-        ev = entry["evaluations"]
-        # What the counted evaluations alone cost at the floor's prices; the rest is the box,
-        # the solver's own arithmetic and whatever XLA did not fuse away.
-        loss_s = ev["grad_evals"] * t_vg + (ev["forward_evals"] - ev["grad_evals"]) * t_fwd
+    params = problem.params
+    n = int(ravel_pytree(params)[0].size)
+    log(f"{problem.name}, {'full space' if A is None else f'p = {A.shape[1]}'}: compiling")
+    box_fn, box_compile = compiled(lambda p, A: flatmin.box_radius(p, A, EPS), params, A)
+    route = scipy_route(problem.loss, params, A, np.asarray(box_fn(params, A), np.float64))
+    solves = {
+        solver: compiled(_sharpness_fn(problem.loss, solver), params, A) for solver in solvers
+    }
+    calls = {
+        "floor": (_calls(floor.value_and_grad, (params,), MAXITER + 1), ()),
+        "floor_in_y": (_calls(route.value_and_grad, route.args, MAXITER + 1), ()),
+        "box": (box_fn, (params, A)),
+        "scipy": (route.solve, ()),
+        **{solver: (fn, (params, A)) for solver, (fn, _) in solves.items()},
+    }
+    log(f"  timing {', '.join(calls)} interleaved, {repeats} repeats")
+    t = timed_together(calls, repeats=repeats)
+    log("  " + ", ".join(f"{name} {t[name]['median_s']:.4g} s" for name in calls))
+    result: dict = {
+        "p": n if A is None else int(A.shape[1]),
+        "floor": t["floor"],
+        "floor_in_y": t["floor_in_y"],
+        "box_radius": t["box"] | box_compile,
+        "scipy": {"run": t["scipy"], **scipy_details(problem, A, route)},
+        "solvers": {},
+    }
+    scipy_value = result["scipy"]["value"]
+    for solver, (fn, compile_times) in solves.items():
+        entry = {**compile_times, "run": t[solver], **solver_details(problem, A, solver, fn)}
+        s = t[solver]
         entry |= {
-            "overhead": solve_s / floor["floor_s"],
-            "overhead_excluding_box": (solve_s - box_s) / floor["floor_s"],
-            "overhead_vs_space_floor": (solve_s - box_s) / space_floor_s,
-            "evaluations_priced_s": loss_s,
-            "rest_s": solve_s - loss_s,
-            "speedup_vs_scipy": (scipy_s + box_s) / solve_s,
-            "speedup_vs_scipy_excluding_box": _ratio(scipy_s, solve_s - box_s),
+            "overhead": paired(lambda a, f: a / f, s, t["floor"]),
+            "overhead_excluding_box": paired(lambda a, b, f: (a - b) / f, s, t["box"], t["floor"]),
+            "overhead_vs_floor_in_y": paired(
+                lambda a, b, f: (a - b) / f, s, t["box"], t["floor_in_y"]
+            ),
+            "speedup_vs_scipy": paired(lambda a, sc, b: (sc + b) / a, s, t["scipy"], t["box"]),
+            "speedup_vs_scipy_excluding_box": paired(
+                lambda a, sc, b: sc / (a - b), s, t["scipy"], t["box"]
+            ),
             "value_ratio_vs_scipy": _ratio(entry["value_init_zero"], scipy_value),
         }
         result["solvers"][solver] = entry
     result["restarts"] = {
-        solver: restart_timing(problem, A, solver, restarts, result["solvers"][solver], repeats)
+        solver: restart_timing(problem, A, solver, restarts, solves[solver][0], repeats)
         for solver in restart_solvers
     }
     for per_r in result["restarts"].values():
@@ -533,7 +552,7 @@ def _run(quick: bool, repeats: int, blas_threads: int | None) -> dict:
     for case in cases:
         problem = case.make()
         floor = floor_timing(problem, repeats)
-        log(f"{problem.name}: n = {problem.sizes['n_params']}, floor {floor['floor_s']:.4g} s")
+        log(f"{problem.name}: n = {problem.sizes['n_params']}, trained, floor timed")
         spaces = {
             "full": None,
             f"p{SUBSPACE_DIM}": flatmin.random_subspace(
@@ -544,7 +563,7 @@ def _run(quick: bool, repeats: int, blas_threads: int | None) -> dict:
             "sizes": problem.sizes,
             "solvers": list(case.solvers),
             "counter_check": counter_self_check(problem),
-            "floor": floor,
+            "floor": floor.timings,
             "spaces": {
                 space: bench_space(
                     problem,
@@ -567,27 +586,26 @@ def _run(quick: bool, repeats: int, blas_threads: int | None) -> dict:
 
 
 def tables(results: dict) -> str:
-    """The figures as two plain-text tables: solves, then restarts."""
+    """The figures as two plain-text tables: solves, then restarts. Ratios are medians over
+    repeats of per-repeat ratios (interleaved timing)."""
     solves, restarts = [], []
     for name, problem in results["problems"].items():
-        floor_s = problem["floor"]["floor_s"]
         for space, res in problem["spaces"].items():
             key = {"problem": name, "space": space}
-            box_s = res["box_radius"]["median_s"]
-            scipy_s = res["scipy"]["run"]["median_s"] + box_s
+            floor_s, box_s = res["floor"]["median_s"], res["box_radius"]["median_s"]
             solves += [
                 key
                 | {"route": "floor", "median_s": floor_s, "/floor": 1.0}
                 | {"fwd": MAXITER + 1, "grad": MAXITER + 1},
                 key
-                | {"route": "floor in y", "median_s": res["floor_in_space_s"]}
-                | {"/floor": res["floor_in_space_s"] / floor_s, "/y-floor": 1.0},
+                | {"route": "floor in y", "median_s": res["floor_in_y"]["median_s"]}
+                | {"/floor": res["floor_in_y"]["median_s"] / floor_s, "/floor-y": 1.0},
                 key | {"route": "box (A^+x)", "median_s": box_s, "/floor": box_s / floor_s},
                 key
                 | {
-                    "route": "scipy (+box)",
-                    "median_s": scipy_s,
-                    "/floor": scipy_s / floor_s,
+                    "route": "scipy (no box)",
+                    "median_s": res["scipy"]["run"]["median_s"],
+                    "/floor": res["scipy"]["run"]["median_s"] / floor_s,
                     "fwd": res["scipy"]["evaluations"]["forward_evals"],
                     "grad": res["scipy"]["evaluations"]["grad_evals"],
                     "phi(zero)": res["scipy"]["value"],
@@ -600,14 +618,15 @@ def tables(results: dict) -> str:
                         "route": solver,
                         "median_s": e["run"]["median_s"],
                         "min_s": e["run"]["min_s"],
-                        "/floor": e["overhead"],
-                        "/y-floor": e["overhead_vs_space_floor"],
+                        "/floor": e["overhead"]["median"],
+                        "-box/floor": e["overhead_excluding_box"]["median"],
+                        "-box/floor-y": e["overhead_vs_floor_in_y"]["median"],
                         "fwd": e["evaluations"]["forward_evals"],
                         "grad": e["evaluations"]["grad_evals"],
                         "phi(zero)": e["value_init_zero"],
                         "phi(random)": e["value_init_random"],
-                        "speedup": e["speedup_vs_scipy"],
-                        "speedup-box": e["speedup_vs_scipy_excluding_box"],
+                        "speedup": e["speedup_vs_scipy"]["median"],
+                        "speedup-box": e["speedup_vs_scipy_excluding_box"]["median"],
                         "value_ratio": e["value_ratio_vs_scipy"],
                     }
                 )
@@ -620,18 +639,17 @@ def tables(results: dict) -> str:
                             "R": R,
                             "median_s": e["run"]["median_s"],
                             "per_restart_s": e["per_restart_s"],
-                            "vs_R1": e["per_restart_vs_single"],
+                            "vs_R1": e["per_restart_vs_single"]["median"],
                             "phi": e["value"],
                             "value_ratio": e["value_ratio_vs_scipy"],
                         }
                         | {k: e["evaluations"][k] for k in EvalCounter.KEYS}
                     )
-    solve_columns = ["problem", "space", "route", "median_s", "min_s", "/floor", "/y-floor"]
-    solve_columns += ["fwd", "grad"]
-    solve_columns += ["phi(zero)", "phi(random)", "speedup", "speedup-box", "value_ratio"]
+    solve_columns = ["problem", "space", "route", "median_s", "min_s", "/floor", "-box/floor"]
+    solve_columns += ["-box/floor-y", "fwd", "grad", "phi(zero)", "phi(random)", "speedup"]
+    solve_columns += ["speedup-box", "value_ratio"]
     restart_columns = ["problem", "space", "solver", "R", "median_s", "per_restart_s", "vs_R1"]
-    restart_columns += ["phi", "value_ratio"]
-    restart_columns += list(EvalCounter.KEYS)
+    restart_columns += ["phi", "value_ratio", *EvalCounter.KEYS]
     return f"{format_table(solve_columns, solves)}\n\n{format_table(restart_columns, restarts)}"
 
 
