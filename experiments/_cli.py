@@ -4,18 +4,19 @@ Each script is a thin `main(argv)` over the library:
 
     parser = base_parser(__doc__)           # --config --seeds --epochs --hidden --out ...
     parser.add_argument(...)                # the script's own flags
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)              # parsed; joins a multi-process run if asked
     config = build_config(args)             # CONFIGS[--config] with the overrides, validated
-    out = output_dir(args, config, "name")  # --out, or results/<config>/<name>
+    run = run_directory(args, config, "name", "x.json")  # --out, checked; resumable stages
     data = load_data(args, config)
     ...
-    write_json(out / "x.json", results); save_figure(fig, out / "x.png")
+    write_json(run.out / "x.json", results | {"config": run.config}); save_figure(fig, ...)
+
+Rerunning a command with the same --out resumes it: training from its last orbax checkpoint,
+finished stages read back. Only process 0 of a multi-process run writes or prints results.
 """
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ matplotlib.use("Agg")  # no display on the machines these run on; before pyplot 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from flatmin.checkpoint import CheckpointError, RunDirectory
 from flatmin.data import Dataset, load_dataset
-from flatmin.experiment import CONFIGS, ExperimentConfig, json_ready
+from flatmin.experiment import CONFIGS, ExperimentConfig
+from flatmin.sharding import initialize_distributed, is_writer
 
 SB_COLOR, LB_COLOR = "tab:blue", "tab:red"
 
@@ -50,7 +53,30 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     parser.add_argument("--timit", default=None, help="TIMIT features .npz (config f2)")
     parser.add_argument("--seed", type=int, default=0, help="master PRNG seed")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=5, help="epochs between training checkpoints"
+    )
+    parser.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0")
+    parser.add_argument("--num-processes", type=int, default=None, help="multi-process: how many")
+    parser.add_argument("--process-id", type=int, default=None, help="multi-process: this one's")
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parses the flags and, with --coordinator, joins the multi-process run (before any other
+    JAX call, as jax.distributed requires)."""
+    args = parser.parse_args(argv)
+    if args.checkpoint_every < 1:
+        parser.error(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if any(flag is not None for flag in multi):
+        if any(flag is None for flag in multi):
+            parser.error("--coordinator, --num-processes and --process-id go together")
+        try:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
 
 
 def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
@@ -67,13 +93,33 @@ def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig
     return dataclasses.replace(base, **{**changes, **overrides})
 
 
-def output_dir(args: argparse.Namespace, config: ExperimentConfig, name: str) -> Path:
-    """--out, or results/<config>/<name>; created, and checked writable before any work."""
+def run_directory(
+    args: argparse.Namespace,
+    config: ExperimentConfig,
+    name: str,
+    results_file: str,
+    **settings: Any,
+) -> RunDirectory:
+    """--out (default results/<config>/<name>) as a `RunDirectory`, checked before any work.
+
+    Its identity, written into the results as "config", is the experiment config, the master
+    seed and the script's own `settings`: a directory holding another identity's results, or
+    one that is not writable, ends the run with a message naming the file.
+    """
     out = args.out or Path("results") / config.name / name
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        sys.exit(f"--out {out} is not writable")
-    return out
+    identity = {**config.to_json(), "master_seed": args.seed, **settings}
+    try:
+        return RunDirectory(
+            out, name, identity, results=(results_file,), checkpoint_every=args.checkpoint_every
+        )
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+
+
+def say(*values: Any) -> None:
+    """print, on process 0 only."""
+    if is_writer():
+        print(*values, flush=True)
 
 
 def load_data(args: argparse.Namespace, config: ExperimentConfig) -> Dataset:
@@ -95,24 +141,13 @@ def mean_std(values: Any) -> dict[str, float | None]:
     return {"mean": float(finite.mean()), "std": float(finite.std())}
 
 
-def write_text(path: Path, text: str) -> None:
-    """Writes via a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_json(path: Path, results: Any) -> None:
-    """`results` as strict JSON (NaN/inf -> null), atomically."""
-    write_text(path, json.dumps(json_ready(results), indent=1, allow_nan=False))
-
-
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Saves `fig` as PNG atomically and closes it (figures otherwise pile up in pyplot)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    """Saves `fig` as PNG atomically (process 0) and closes it (figures pile up in pyplot)."""
+    if is_writer():
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+        tmp.replace(path)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _widths(text: str) -> tuple[int, ...]:

@@ -20,11 +20,13 @@ from _cli import (
     build_config,
     load_data,
     mean_std,
-    output_dir,
+    parse,
+    run_directory,
     save_figure,
-    write_json,
+    say,
 )
 
+from flatmin.checkpoint import write_json
 from flatmin.experiment import seed_keys, seed_sharpness, solve_key
 from flatmin.models import build_model
 from flatmin.train import train_seeds
@@ -44,15 +46,18 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="comma-separated (default: 16,64,256,1437 on digits, 256..8192 otherwise)",
     )
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     epochs = args.epochs or (DIGITS_EPOCHS if args.config == "digits" else 100)
     config = build_config(args, epochs=epochs)
-    out = output_dir(args, config, "batch_size_sweep")
     data = load_data(args, config)
     n = data.x_train.shape[0]
     batch_sizes = args.batch_sizes or DEFAULT_BATCH_SIZES.get(config.dataset, PAPER_BATCH_SIZES)
     if any(b < 1 or b > n for b in batch_sizes):
         parser.error(f"--batch-sizes must lie in [1, {n}] (the training set), got {batch_sizes}")
+    run = run_directory(
+        args, config, "batch_size_sweep", "batch_size_sweep.json", batch_sizes=batch_sizes
+    )
+    out = run.out
     start = time.perf_counter()
     key = jax.random.key(args.seed)
     keys = seed_keys(key, config.seeds)
@@ -65,14 +70,25 @@ def main(argv: list[str] | None = None) -> dict:
         train_config = dataclasses.replace(
             config.train_config("SB", n), batch_size=batch, target_loss=None, patience=None
         )
-        trained = train_seeds(train_config, keys, data, progress=True)
+        trained = train_seeds(
+            train_config,
+            keys,
+            data,
+            progress=True,
+            checkpoint_dir=run.train_dir(f"batch-{batch}"),
+            checkpoint_every=run.checkpoint_every,
+        )
         sharp = {
             str(eps): np.asarray(
-                seed_sharpness(
-                    model, trained.variables, x, y, None, eps, key=solve_key(key),
-                    solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
-                    init=config.init,
-                )
+                run.stage(
+                    f"batch-{batch}-sharpness-{eps}",
+                    lambda eps=eps, trained=trained: seed_sharpness(
+                        model, trained.variables, x, y, None, eps, key=solve_key(key),
+                        solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
+                        init=config.init,
+                    ),
+                ),
+                float,
             )
             for eps in config.eps
         }  # fmt: skip
@@ -93,21 +109,21 @@ def main(argv: list[str] | None = None) -> dict:
                 },
             }
         )
-        print(f"batch {batch}: test accuracy {rows[-1]['test_accuracy']}, sharpness {sharp}")
+        say(f"batch {batch}: test accuracy {rows[-1]['test_accuracy']}, sharpness {sharp}")
 
     results = {
-        "config": config.to_json(),
+        "config": run.config,
         "train_size": n,
         "epochs": config.epochs,
         "sharpness_space": "full",
         "statistics": "mean and population std over seeds (diverged seeds excluded)",
         "results": rows,
         "seconds": round(time.perf_counter() - start, 1),
-        "device": jax.devices()[0].device_kind,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
     write_json(out / "batch_size_sweep.json", results)
     save_figure(plot(rows, config), out / "batch_size_sweep.png")
-    print(f"wrote {out / 'batch_size_sweep.json'} and .png in {results['seconds']} s")
+    say(f"wrote {out / 'batch_size_sweep.json'} and .png in {results['seconds']} s")
     return results
 
 

@@ -19,11 +19,13 @@ from _cli import (
     base_parser,
     build_config,
     load_data,
-    output_dir,
+    parse,
+    run_directory,
     save_figure,
-    write_json,
+    say,
 )
 
+from flatmin.checkpoint import write_json
 from flatmin.experiment import seed_keys
 from flatmin.landscape import interpolate, interpolate_curved
 from flatmin.models import build_model
@@ -43,9 +45,10 @@ METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__)
     parser.add_argument("--points", type=int, default=25, help="alphas in [-1, 2] (paper: 25)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     config = build_config(args)
-    out = output_dir(args, config, "parametric")
+    run = run_directory(args, config, "parametric", "parametric.json", points=args.points)
+    out = run.out
     data = load_data(args, config)
     start = time.perf_counter()
     n = data.x_train.shape[0]
@@ -53,7 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     solutions, summary = {}, {}
     for regime in ("SB", "LB"):
         train_config = config.train_config(regime, n)
-        trained = train_seeds(train_config, key, data, progress=True)
+        trained = train_seeds(
+            train_config,
+            key,
+            data,
+            progress=True,
+            checkpoint_dir=run.train_dir(regime),
+            checkpoint_every=run.checkpoint_every,
+        )
         solutions[regime] = jax.tree.map(lambda leaf: leaf[0], trained.variables)
         summary[regime] = {
             "batch_size": train_config.batch_size,
@@ -77,12 +87,15 @@ def main(argv: list[str] | None = None) -> dict:
     alphas = np.linspace(-1.0, 2.0, args.points)
     paths = {}
     for name, along in (("straight", interpolate), ("curved", interpolate_curved)):
-        values = along(metrics, solutions["SB"], solutions["LB"], alphas)
-        paths[name] = {m: np.asarray(v) for m, v in zip(METRICS, values, strict=True)}
+        values = run.stage(
+            f"path-{name}",
+            lambda along=along: along(metrics, solutions["SB"], solutions["LB"], alphas),
+        )
+        paths[name] = {m: np.asarray(v, float) for m, v in zip(METRICS, values, strict=True)}
     undefined = {name: int(np.sum(~np.isfinite(p["train_loss"]))) for name, p in paths.items()}
 
     results = {
-        "config": config.to_json(),
+        "config": run.config,
         "train_size": n,
         "seed": 0,
         "alpha": alphas,
@@ -94,11 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
         "solutions": summary,
         "paths": paths,
         "seconds": round(time.perf_counter() - start, 1),
-        "device": jax.devices()[0].device_kind,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
     write_json(out / "parametric.json", results)
     save_figure(plot(alphas, paths, config.name, summary, undefined), out / "parametric.png")
-    print(f"wrote {out / 'parametric.json'} and {out / 'parametric.png'} in {results['seconds']} s")
+    say(f"wrote {out / 'parametric.json'} and {out / 'parametric.png'} in {results['seconds']} s")
     return results
 
 

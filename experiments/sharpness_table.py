@@ -2,15 +2,17 @@
 
     python experiments/sharpness_table.py --config digits --out results/digits
 
-Writes DIR/results.json and DIR/tables.md and prints the tables.
+Writes DIR/results.json and DIR/tables.md and prints the tables. Rerun the same command after
+an interruption to resume (DIR/checkpoints holds the training checkpoints and finished solves).
 """
 
 import argparse
 import time
 
 import jax
-from _cli import CONFIGS, base_parser, build_config, load_data, output_dir, write_json, write_text
+from _cli import CONFIGS, base_parser, build_config, load_data, parse, run_directory, say
 
+from flatmin.checkpoint import write_json, write_text
 from flatmin.experiment import run_sharpness_table
 from flatmin.tables import format_tables
 
@@ -18,7 +20,7 @@ from flatmin.tables import format_tables
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = base_parser(__doc__)
     parser.add_argument("--lb-batch", type=int, default=None, help="override the large batch")
-    return parser.parse_args(argv)
+    return parse(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,17 +28,18 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {} if args.lb_batch is None else {"lb_batch": args.lb_batch}
     # Builds and validates the whole config (sizes, seeds, epochs, eps) before any work.
     config = build_config(args, **overrides)
-    out = output_dir(args, config, "sharpness_table")
+    run = run_directory(args, config, "sharpness_table", "results.json")
     data = load_data(args, config)
     start = time.perf_counter()
-    results = run_sharpness_table(config, jax.random.key(args.seed), data, progress=True)
+    results = run_sharpness_table(config, jax.random.key(args.seed), data, progress=True, run=run)
+    results["config"] = run.config
     results["seconds"] = round(time.perf_counter() - start, 1)
-    results["device"] = jax.devices()[0].device_kind
+    results["devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     tables = format_tables(results)
-    write_json(out / "results.json", results)
-    write_text(out / "tables.md", tables)
-    print(tables)
-    print(f"wrote {out / 'results.json'} and {out / 'tables.md'} in {results['seconds']} s")
+    write_json(run.out / "results.json", results)
+    write_text(run.out / "tables.md", tables)
+    say(tables)
+    say(f"wrote {run.out / 'results.json'} and {run.out / 'tables.md'} in {results['seconds']} s")
 
 
 __all__ = ["CONFIGS", "main", "parse_args"]

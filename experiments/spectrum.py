@@ -22,12 +22,13 @@ from _cli import (
     build_config,
     load_data,
     mean_std,
-    output_dir,
+    parse,
+    run_directory,
     save_figure,
-    write_json,
-    write_text,
+    say,
 )
 
+from flatmin.checkpoint import write_json, write_text
 from flatmin.experiment import REGIMES, seed_keys, seed_sharpness, solve_key
 from flatmin.hessian import hessian_eigenvalues, hessian_trace
 from flatmin.models import build_model
@@ -39,9 +40,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__)
     parser.add_argument("--top-k", type=int, default=10, help="eigenvalues per solution")
     parser.add_argument("--trace-samples", type=int, default=100, help="Hutchinson probes")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     config = build_config(args)
-    out = output_dir(args, config, "spectrum")
+    run = run_directory(
+        args,
+        config,
+        "spectrum",
+        "spectrum.json",
+        top_k=args.top_k,
+        trace_samples=args.trace_samples,
+    )
+    out = run.out
     data = load_data(args, config)
     n = data.x_train.shape[0]
     start = time.perf_counter()
@@ -54,14 +63,33 @@ def main(argv: list[str] | None = None) -> dict:
     regimes = {}
     for regime in REGIMES:
         train_config = config.train_config(regime, n)
-        trained = train_seeds(train_config, keys, data, progress=True)
-        eigenvalues, trace, stderr = _spectra(
-            model, trained.variables, x, y, hessian_key, args.top_k, args.trace_samples
+        trained = train_seeds(
+            train_config,
+            keys,
+            data,
+            progress=True,
+            checkpoint_dir=run.train_dir(regime),
+            checkpoint_every=run.checkpoint_every,
         )
-        sharp = seed_sharpness(
-            model, trained.variables, x, y, None, config.eps[0], key=solve_key(key),
-            solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
-            init=config.init,
+        eigenvalues, trace, stderr = (
+            np.asarray(v, float)
+            for v in run.stage(
+                f"{regime}-spectra",
+                lambda trained=trained: _spectra(
+                    model, trained.variables, x, y, hessian_key, args.top_k, args.trace_samples
+                ),
+            )
+        )
+        sharp = np.asarray(
+            run.stage(
+                f"{regime}-sharpness",
+                lambda trained=trained: seed_sharpness(
+                    model, trained.variables, x, y, None, config.eps[0], key=solve_key(key),
+                    solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
+                    init=config.init,
+                ),
+            ),
+            float,
         )  # fmt: skip
         last = trained.epochs - 1
         seeds = np.arange(config.seeds)
@@ -75,10 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
             "trace_stderr": np.asarray(stderr),
             "sharpness": np.asarray(sharp),
         }
-        print(f"{regime}: top eigenvalue {np.asarray(eigenvalues)[:, 0]}, sharpness {sharp}")
+        say(f"{regime}: top eigenvalue {np.asarray(eigenvalues)[:, 0]}, sharpness {sharp}")
 
     results = {
-        "config": config.to_json(),
+        "config": run.config,
         "train_size": n,
         "top_k": args.top_k,
         "trace_samples": args.trace_samples,
@@ -87,13 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
         "loss": "evaluation-mode mean cross-entropy over the training set",
         "regimes": regimes,
         "seconds": round(time.perf_counter() - start, 1),
-        "device": jax.devices()[0].device_kind,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
     write_json(out / "spectrum.json", results)
     write_text(out / "spectrum.md", format_table(results))
     save_figure(plot(results, config.name), out / "spectrum.png")
-    print(format_table(results))
-    print(f"wrote {out / 'spectrum.json'}, .md and .png in {results['seconds']} s")
+    say(format_table(results))
+    say(f"wrote {out / 'spectrum.json'}, .md and .png in {results['seconds']} s")
     return results
 
 

@@ -21,11 +21,13 @@ from _cli import (
     build_config,
     load_data,
     mean_std,
-    output_dir,
+    parse,
+    run_directory,
     save_figure,
-    write_json,
+    say,
 )
 
+from flatmin.checkpoint import write_json
 from flatmin.experiment import seed_keys, seed_sharpness, solve_key
 from flatmin.models import build_model, init_variables
 from flatmin.train import train_seeds
@@ -37,9 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = base_parser(__doc__)
     parser.add_argument("--sb-epochs", type=int, default=None, help="K (digits 10, paper 100)")
     parser.add_argument("--lb-epochs", type=int, default=None, help="LB epochs (default 100)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     config = build_config(args)
-    out = output_dir(args, config, "warm_start")
     digits = config.dataset == "digits"
     sb_epochs = (
         args.sb_epochs if args.sb_epochs is not None else (DIGITS_SB_EPOCHS if digits else 100)
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     lb_epochs = args.lb_epochs or args.epochs or DIGITS_LB_EPOCHS
     if sb_epochs < 0:
         parser.error(f"--sb-epochs must be >= 0, got {sb_epochs}")
+    run = run_directory(
+        args, config, "warm_start", "warm_start.json", sb_epochs=sb_epochs, lb_epochs=lb_epochs
+    )
+    out = run.out
     data = load_data(args, config)
     n = data.x_train.shape[0]
     start = time.perf_counter()
@@ -68,10 +73,16 @@ def main(argv: list[str] | None = None) -> dict:
     iterates = [jax.vmap(lambda k: init_variables(model, k, shape))(init_keys)]
     sb_test_accuracy = [np.full(config.seeds, np.nan)]
     for k in range(1, sb_epochs + 1):
-        trained = train_seeds(dataclasses.replace(sb_config, epochs=k), keys, data)
+        trained = train_seeds(
+            dataclasses.replace(sb_config, epochs=k),
+            keys,
+            data,
+            checkpoint_dir=run.train_dir(f"sb-{k}"),
+            checkpoint_every=run.checkpoint_every,
+        )
         iterates.append(trained.variables)
         sb_test_accuracy.append(trained.history.test_accuracy[:, -1])
-        print(f"SB epoch {k}: train loss {np.nanmean(trained.history.train_loss[:, -1]):.3g}")
+        say(f"SB epoch {k}: train loss {np.nanmean(trained.history.train_loss[:, -1]):.3g}")
 
     # Every (k, seed) continues with LB in one vmapped run: run r = k * S + seed starts from
     # stacked[r], found under vmap by matching its initialisation key against the table.
@@ -84,15 +95,26 @@ def main(argv: list[str] | None = None) -> dict:
         match = jnp.all(jax.random.key_data(init_key)[None] == table, axis=-1)
         return jax.tree.map(lambda leaf: leaf[jnp.argmax(match)], stacked)
 
-    lb = train_seeds(lb_config, lb_keys, data, progress=True, init_variables_fn=warm_start)
-    sharp = seed_sharpness(
-        model, lb.variables, jnp.asarray(data.x_train), jnp.asarray(data.y_train), None,
-        config.eps[0], key=solve_key(key), solver=config.solver, maxiter=config.maxiter,
-        restarts=config.restarts, init=config.init,
+    lb = train_seeds(
+        lb_config,
+        lb_keys,
+        data,
+        progress=True,
+        init_variables_fn=warm_start,
+        checkpoint_dir=run.train_dir("lb"),
+        checkpoint_every=run.checkpoint_every,
+    )
+    sharp = run.stage(
+        "lb-sharpness",
+        lambda: seed_sharpness(
+            model, lb.variables, jnp.asarray(data.x_train), jnp.asarray(data.y_train), None,
+            config.eps[0], key=solve_key(key), solver=config.solver, maxiter=config.maxiter,
+            restarts=config.restarts, init=config.init,
+        ),
     )  # fmt: skip
 
     def by_k(values) -> np.ndarray:
-        return np.asarray(values).reshape(num_ks, config.seeds)
+        return np.asarray(values, float).reshape(num_ks, config.seeds)
 
     lb_accuracy, lb_sharp = by_k(lb.history.test_accuracy[:, -1]), by_k(sharp)
     lb_loss = by_k(lb.history.train_loss[:, -1])
@@ -112,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k in range(num_ks)
     ]
     results = {
-        "config": config.to_json(),
+        "config": run.config,
         "train_size": n,
         "sb_batch": sb_config.batch_size,
         "lb_batch": lb_config.batch_size,
@@ -122,11 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
         "statistics": "mean and population std over seeds (diverged seeds excluded)",
         "results": rows,
         "seconds": round(time.perf_counter() - start, 1),
-        "device": jax.devices()[0].device_kind,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
     write_json(out / "warm_start.json", results)
     save_figure(plot(results, config.name), out / "warm_start.png")
-    print(f"wrote {out / 'warm_start.json'} and .png in {results['seconds']} s")
+    say(f"wrote {out / 'warm_start.json'} and .png in {results['seconds']} s")
     return results
 
 

@@ -1,5 +1,9 @@
 """flatmin: how sharp or flat are the minima that training finds? (Keskar et al., ICLR 2017)."""
 
+from flatmin.checkpoint import CheckpointError as CheckpointError
+from flatmin.checkpoint import Checkpoints as Checkpoints
+from flatmin.checkpoint import RunDirectory as RunDirectory
+from flatmin.checkpoint import json_ready as json_ready
 from flatmin.data import Dataset as Dataset
 from flatmin.data import DatasetNotFoundError as DatasetNotFoundError
 from flatmin.data import load_dataset as load_dataset
@@ -18,6 +22,9 @@ from flatmin.models import build_model as build_model
 from flatmin.models import init_variables as init_variables
 from flatmin.objective import evaluate as evaluate
 from flatmin.objective import make_loss_fn as make_loss_fn
+from flatmin.sharding import gather as gather
+from flatmin.sharding import initialize_distributed as initialize_distributed
+from flatmin.sharding import seed_mesh as seed_mesh
 from flatmin.sharpness import SharpnessResult as SharpnessResult
 from flatmin.sharpness import box_radius as box_radius
 from flatmin.sharpness import sharpness as sharpness
@@ -25,6 +32,7 @@ from flatmin.sharpness import solve_sharpness as solve_sharpness
 from flatmin.subspace import random_subspace as random_subspace
 from flatmin.train import TrainConfig as TrainConfig
 from flatmin.train import TrainResult as TrainResult
+from flatmin.train import epoch_program as epoch_program
 from flatmin.train import make_train_step as make_train_step
 from flatmin.train import train_seeds as train_seeds
 

@@ -16,9 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flatmin.checkpoint import RunDirectory, json_ready
 from flatmin.data import Dataset, load_dataset
 from flatmin.models import build_model
 from flatmin.objective import make_loss_fn
+from flatmin.sharding import (
+    check_mesh,
+    gather,
+    pad_seeds,
+    padded_size,
+    place,
+    replicated,
+    seed_sharding,
+)
 from flatmin.sharpness import INITS, sharpness
 from flatmin.subspace import DISTRIBUTIONS, random_subspace
 from flatmin.train import TrainConfig, train_seeds
@@ -160,17 +170,24 @@ def seed_sharpness(
     restarts: int = 1,
     init: str = "random",
     chunk_size: int = 2048,
-) -> jax.Array:
+    mesh: jax.sharding.Mesh | None = None,
+) -> np.ndarray:
     """Metric 2.1 of every seed, (S,): variables stacked over seeds, solved vmapped.
 
     f is each seed's evaluation-mode training loss over (x, y) with its own running statistics;
     A (shared by all seeds) or None for the full space. A diverged seed gives NaN, not an error.
-    One compiled program serves every eps, regime and data set of the same shapes.
+    One compiled program serves every eps, regime and data set of the same shapes. The seeds are
+    sharded over `mesh` (default: all devices), padded to a multiple of its size.
     """
-    return _seed_sharpness(
-        model, variables, x, y, A, jnp.asarray(eps, jnp.float32), key,
+    mesh = check_mesh(mesh)
+    num_seeds = jax.tree.leaves(variables)[0].shape[0]
+    variables = place(pad_seeds(variables, padded_size(num_seeds, mesh)), seed_sharding(mesh))
+    x, y, A, key = place((x, y, A, key), replicated(mesh))
+    values = _seed_sharpness(
+        model, variables, x, y, A, np.float32(eps), key,
         solver, maxiter, restarts, init, chunk_size,
     )  # fmt: skip
+    return gather(values, num_seeds)
 
 
 @partial(jax.jit, static_argnums=(0, 7, 8, 9, 10, 11))
@@ -198,11 +215,15 @@ def run_sharpness_table(
     data: Dataset | None = None,
     *,
     progress: bool = False,
+    run: RunDirectory | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Trains SB and LB seeds and measures them; returns the results.json dict.
 
     Seed k of both regimes starts from the same initialisation (keys split from `key`), so
-    SB and LB differ only in batch size.
+    SB and LB differ only in batch size. With `run`, training checkpoints and every finished
+    sharpness solve are kept in its directory, and a rerun resumes where it stopped. Seeds are
+    sharded over `mesh` (default: all devices).
     """
     if data is None:
         data = load_dataset(config.dataset)
@@ -219,7 +240,15 @@ def run_sharpness_table(
 
     results = []
     for regime in REGIMES:
-        trained = train_seeds(config.train_config(regime, n), seeds, data, progress=progress)
+        trained = train_seeds(
+            config.train_config(regime, n),
+            seeds,
+            data,
+            progress=progress,
+            mesh=mesh,
+            checkpoint_dir=None if run is None else run.train_dir(regime),
+            checkpoint_every=5 if run is None else run.checkpoint_every,
+        )
         params0 = jax.tree.map(lambda leaf: leaf[0], trained.variables["params"])
         A = random_subspace(
             subspace_key,
@@ -231,7 +260,8 @@ def run_sharpness_table(
         sharp = {"full": {}, "subspace": {}}
         for space, matrix in (("full", None), ("subspace", A)):
             for eps in config.eps:
-                values = seed_sharpness(
+                solve = partial(
+                    seed_sharpness,
                     model,
                     trained.variables,
                     x,
@@ -243,8 +273,10 @@ def run_sharpness_table(
                     maxiter=config.maxiter,
                     restarts=config.restarts,
                     init=config.init,
+                    mesh=mesh,
                 )
-                sharp[space][str(eps)] = np.asarray(values)
+                values = solve() if run is None else run.stage(f"{regime}-{space}-{eps}", solve)
+                sharp[space][str(eps)] = np.asarray(json_ready(values), dtype=float)
         for seed in range(config.seeds):
             last = trained.epochs[seed] - 1
             results.append(
@@ -276,18 +308,3 @@ def seed_keys(key: jax.Array, seeds: int) -> jax.Array:
 def solve_key(key: jax.Array) -> jax.Array:
     """The key of the sharpness solver's random starts, from an experiment's master key."""
     return jax.random.split(jax.random.fold_in(key, 1))[1]
-
-
-def json_ready(value: Any) -> Any:
-    """numpy/jax scalars and arrays -> Python numbers and lists; NaN/inf -> None (valid JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) > 0:
-        return [json_ready(v) for v in np.asarray(value).tolist()]
-    if isinstance(value, np.generic | jax.Array):
-        value = np.asarray(value).item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -8,7 +8,9 @@ seed's result is exactly its state at the epoch it stopped.
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -18,9 +20,19 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from flatmin.checkpoint import Checkpoints
 from flatmin.data import DATASETS, Dataset, load_dataset
 from flatmin.models import MODELS, build_model, init_variables
 from flatmin.objective import evaluate
+from flatmin.sharding import (
+    check_mesh,
+    gather,
+    pad_seeds,
+    padded_size,
+    place,
+    replicated,
+    seed_sharding,
+)
 
 PyTree = Any
 
@@ -170,6 +182,9 @@ def train_seeds(
     *,
     progress: bool = False,
     init_variables_fn: Callable[[jax.Array], dict] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 5,
 ) -> TrainResult:
     """Trains one model per key, all seeds in one compiled epoch program.
 
@@ -180,11 +195,22 @@ def train_seeds(
       progress: show a tqdm bar over epochs (from 3 s on) with the mean training loss.
       init_variables_fn: key -> starting variables, overriding the model's initialisation (e.g.
         to continue from a small-batch iterate); vmapped over `keys`.
+      mesh: the seed axis is sharded over this mesh's "seeds" axis (default: all devices,
+        `flatmin.seed_mesh()`); S is padded to a multiple of its size and the padding dropped.
+      checkpoint_dir: if given, the run's state is saved there with orbax every
+        `checkpoint_every` epochs and when it ends, and a rerun resumes from the latest
+        checkpoint (a finished run returns at once). The same result as an uninterrupted run.
+      checkpoint_every: epochs between checkpoints.
 
     Returns:
-      A `TrainResult`.
+      A `TrainResult` (NumPy arrays, padding dropped).
     """
     keys = _check_keys(keys)
+    mesh = check_mesh(mesh)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
     if data is None:
         data = load_dataset(config.dataset)
     n = data.x_train.shape[0]
@@ -195,9 +221,99 @@ def train_seeds(
     model = build_model(config.model, data.num_classes, **config.model_kwargs)
     optimizer = optax.adam(config.learning_rate)
     init_fn = init_variables_fn or (lambda key: init_variables(model, key, data.x_train.shape[1:]))
-    run_epoch = jax.jit(jax.vmap(_make_epoch(config, model, optimizer), in_axes=(0, None)))
+    start, epoch_fn = epoch_program(config, model, optimizer, init_fn)
+    run_epoch = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None)), out_shardings=seed_sharding(mesh))
+    arrays = place(tuple(data[:4]), replicated(mesh))
 
-    def start(key):
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = Checkpoints(
+            Path(checkpoint_dir),
+            {"config": dataclasses.asdict(config), "keys": jax.random.key_data(keys)},
+        )
+    try:
+        carry, history = _run_epochs(
+            config, keys, start, run_epoch, arrays, mesh, checkpoints, checkpoint_every, progress
+        )
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    final = gather(carry, keys.shape[0])
+    return TrainResult(
+        variables={"params": final.state.params, "batch_stats": final.state.batch_stats},
+        history=_stack(history),
+        epochs=final.stop.epochs,
+        diverged_epoch=final.stop.diverged_epoch,
+    )
+
+
+def _run_epochs(config, keys, start, run_epoch, arrays, mesh, checkpoints, every, progress):
+    """The epoch loop of `train_seeds`, resumed from `checkpoints` when they hold a run.
+
+    Returns the final carry (sharded, padded) and the per-epoch metrics (padding dropped)."""
+    num_seeds = keys.shape[0]
+    size = padded_size(num_seeds, mesh)
+    seeds = seed_sharding(mesh)
+    restored = None
+    if checkpoints is not None:
+        abstract = _checkpoint_tree(
+            jax.eval_shape(jax.vmap(start), keys), _history_shape(num_seeds, config.epochs)
+        )
+        restored = checkpoints.restore(abstract)
+    if restored is None:
+        carry = jax.jit(jax.vmap(start), out_shardings=seeds)(place(pad_seeds(keys, size), seeds))
+        history, first_epoch, finished = [], 0, False
+    else:
+        tree, meta = restored
+        carry = place(
+            pad_seeds(_from_checkpoint(tree["carry"], jax.random.key_impl(keys)), size), seeds
+        )
+        first_epoch, finished = int(meta["epoch"]), bool(meta["finished"])
+        history = [
+            EpochMetrics(*(np.asarray(column)[:, e] for column in tree["history"]))
+            for e in range(first_epoch)
+        ]
+
+    bar = tqdm(
+        initial=first_epoch,
+        total=config.epochs,
+        desc="epochs",
+        unit="epoch",
+        delay=3.0,
+        disable=not progress,
+    )
+    epoch = first_epoch
+    while not finished and epoch < config.epochs:
+        carry = run_epoch(carry, (np.int32(epoch), *arrays))
+        epoch += 1
+        metrics, done = gather((carry.metrics, carry.stop.done), num_seeds)
+        history.append(EpochMetrics(*metrics))
+        bar.update()
+        bar.set_postfix(train_loss=f"{np.nanmean(metrics.train_loss):.3g}")
+        finished = bool(np.all(done)) or epoch == config.epochs
+        if checkpoints is not None and (finished or epoch % every == 0):
+            checkpoints.save(
+                epoch,
+                _checkpoint_tree(gather(carry, num_seeds), _stack(history, config.epochs)),
+                {"epoch": epoch, "finished": finished},
+            )
+    bar.close()
+    return carry, history
+
+
+def epoch_program(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    init_fn: Callable[[jax.Array], dict],
+) -> tuple[Callable[[jax.Array], SeedCarry], Callable[[SeedCarry, tuple], SeedCarry]]:
+    """One seed's (start, epoch) functions, which `train_seeds` vmaps and compiles.
+
+    start(key) -> SeedCarry builds the seed's initial state from `init_fn`; epoch(carry,
+    (epoch, x, y, x_test, y_test)) -> carry trains one epoch and applies the stopping rules.
+    """
+
+    def start(key: jax.Array) -> SeedCarry:
         init_key, dropout_key = jax.random.split(key)
         variables = init_fn(init_key)
         state = TrainState(
@@ -217,24 +333,39 @@ def train_seeds(
         nan = jnp.full((), jnp.nan, jnp.float32)
         return SeedCarry(state, stop, EpochMetrics(nan, nan, nan))
 
-    carry = jax.jit(jax.vmap(start))(keys)
-    arrays = tuple(jnp.asarray(a) for a in data[:4])
-    history = []
-    bar = tqdm(range(config.epochs), desc="epochs", unit="epoch", delay=3.0, disable=not progress)
-    for epoch in bar:
-        carry = run_epoch(carry, (jnp.asarray(epoch), *arrays))
-        metrics = EpochMetrics(*(np.asarray(m) for m in carry.metrics))
-        history.append(metrics)
-        bar.set_postfix(train_loss=f"{np.nanmean(metrics.train_loss):.3g}")
-        if np.all(np.asarray(carry.stop.done)):
-            break
-    bar.close()
-    return TrainResult(
-        variables={"params": carry.state.params, "batch_stats": carry.state.batch_stats},
-        history=EpochMetrics(*(np.stack(column, axis=1) for column in zip(*history, strict=True))),
-        epochs=np.asarray(carry.stop.epochs),
-        diverged_epoch=np.asarray(carry.stop.diverged_epoch),
-    )
+    return start, _make_epoch(config, model, optimizer)
+
+
+def _history_shape(num_seeds: int, epochs: int) -> EpochMetrics:
+    column = jax.ShapeDtypeStruct((num_seeds, epochs), np.float32)
+    return EpochMetrics(column, column, column)
+
+
+def _stack(history: list[EpochMetrics], epochs: int | None = None) -> EpochMetrics:
+    """Per-epoch metrics -> EpochMetrics of (S, E) arrays; NaN-padded to `epochs` columns."""
+    columns = [np.stack(column, axis=1).astype(np.float32) for column in zip(*history, strict=True)]
+    if epochs is not None:
+        columns = [
+            np.pad(c, ((0, 0), (0, epochs - c.shape[1])), constant_values=np.nan) for c in columns
+        ]
+    return EpochMetrics(*columns)
+
+
+def _checkpoint_tree(carry: SeedCarry, history: EpochMetrics) -> dict:
+    """What a training checkpoint holds: typed keys as their raw data (orbax stores arrays)."""
+    key = carry.state.key
+    if isinstance(key, jax.ShapeDtypeStruct):  # the abstract tree that restoring needs
+        key_data = jax.eval_shape(jax.random.key_data, key)
+    else:
+        key_data = np.asarray(jax.random.key_data(key))
+    carry = carry._replace(state=carry.state._replace(key=key_data))
+    return {"carry": carry, "history": history}
+
+
+def _from_checkpoint(carry: SeedCarry, impl: Any) -> SeedCarry:
+    """A restored carry with its keys typed again, of the PRNG implementation `impl`."""
+    key = jax.random.wrap_key_data(np.asarray(carry.state.key), impl=impl)
+    return carry._replace(state=carry.state._replace(key=key))
 
 
 def _make_epoch(config: TrainConfig, model: nn.Module, optimizer: optax.GradientTransformation):

@@ -1,0 +1,212 @@
+"""Checkpoint and resume: orbax training checkpoints, finished stages, interrupted runs (SIGKILL
+included), and the directories a run must refuse: corrupted, foreign, not writable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import flatmin
+from flatmin.checkpoint import CheckpointError, Checkpoints, RunDirectory
+from flatmin.data import load_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import sharpness_table  # the script, imported as a module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = flatmin.TrainConfig(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=64, epochs=4)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _same(a: flatmin.TrainResult, b: flatmin.TrainResult) -> None:
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def _snapshot(directory: Path) -> dict:
+    """Every file under `directory` with its size and contents' hash: to show nothing changed."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, hash(p.read_bytes()))
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_result(digits, tmp_path, monkeypatch):
+    keys = jax.random.split(jax.random.key(3), 2)
+    whole = flatmin.train_seeds(CONFIG, keys, digits)
+
+    saves = []
+    save = Checkpoints.save
+
+    def save_then_interrupt(self, step, tree, meta):
+        save(self, step, tree, meta)
+        saves.append(step)
+        raise KeyboardInterrupt  # as if SIGINT arrived right after the first checkpoint
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        flatmin.train_seeds(CONFIG, keys, digits, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert saves == [2]
+    monkeypatch.setattr(Checkpoints, "save", save)
+
+    resumed = flatmin.train_seeds(CONFIG, keys, digits, checkpoint_dir=tmp_path, checkpoint_every=2)
+    _same(resumed, whole)
+    assert resumed.history.train_loss.shape == (2, 4)
+
+    # A finished run's checkpoint is its result: rerunning returns it without training.
+    def no_training(*args):
+        def epoch(carry, inputs):
+            raise AssertionError("a finished run trained again")
+
+        return epoch
+
+    monkeypatch.setattr(flatmin.train, "_make_epoch", no_training)
+    _same(flatmin.train_seeds(CONFIG, keys, digits, checkpoint_dir=tmp_path), whole)
+
+
+def test_a_checkpoint_of_other_keys_is_refused(digits, tmp_path):
+    keys = jax.random.split(jax.random.key(3), 2)
+    flatmin.train_seeds(CONFIG, keys, digits, checkpoint_dir=tmp_path)
+    other = jax.random.split(jax.random.key(4), 2)
+    with pytest.raises(CheckpointError, match="written by a different run"):
+        flatmin.train_seeds(CONFIG, other, digits, checkpoint_dir=tmp_path)
+
+
+# After a failed read, tensorstore's outstanding reads call back into the event loop that orbax
+# has already closed; Python reports those callbacks as unraisable. Harmless, and orbax's own.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_corrupted_checkpoint_is_named_and_left_alone(digits, tmp_path):
+    keys = jax.random.split(jax.random.key(3), 2)
+    flatmin.train_seeds(CONFIG, keys, digits, checkpoint_dir=tmp_path)
+    biggest = max((p for p in tmp_path.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # truncated
+    before = _snapshot(tmp_path)
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint {tmp_path.absolute()}/\d+ is corrupted"
+    ):
+        flatmin.train_seeds(CONFIG, keys, digits, checkpoint_dir=tmp_path)
+    assert _snapshot(tmp_path) == before
+
+
+def test_stages_are_computed_once_and_read_back(tmp_path):
+    run = RunDirectory(tmp_path, "demo", {"name": "x"})
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.array([1.5, np.nan])
+
+    assert run.stage("a/b", compute) == [1.5, None]
+    rerun = RunDirectory(tmp_path, "demo", {"name": "x"})
+    assert rerun.stage("a/b", compute) == [1.5, None] and len(calls) == 1
+    stage_file = next((tmp_path / "checkpoints" / "demo" / "stages").iterdir())
+    stage_file.write_text('{"value": [1.')  # truncated
+    with pytest.raises(CheckpointError, match=f"stage file {stage_file} is corrupted"):
+        rerun.stage("a/b", compute)
+
+
+def test_a_foreign_results_file_is_refused_and_kept(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"config": {"name": "c1", "seeds": 5}, "results": []}))
+    before = results.read_text()
+    with pytest.raises(CheckpointError, match=f"{results} was written by a different config"):
+        RunDirectory(tmp_path, "sharpness_table", {"name": "digits", "seeds": 5})
+    results.write_text("not json")
+    with pytest.raises(CheckpointError, match=f"{results} is not a results file"):
+        RunDirectory(tmp_path, "sharpness_table", {"name": "digits"})
+    results.write_text(before)
+    with pytest.raises(SystemExit, match=f"{results} was written by a different config"):
+        sharpness_table.main(["--seeds", "2", "--epochs", "1", "--out", str(tmp_path)])
+    assert results.read_text() == before
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=f"output directory {blocker / 'out'} is not writable"):
+        sharpness_table.main(["--seeds", "2", "--epochs", "1", "--out", str(blocker / "out")])
+
+
+def test_a_diverged_seed_is_marked_and_excluded_from_means(digits, monkeypatch, tmp_path, capsys):
+    """Seeds whose initialisation is poisoned diverge at epoch 1; the others finish."""
+    train_seeds = flatmin.experiment.train_seeds
+
+    def poisoned(config, keys, data, **kwargs):
+        model = flatmin.build_model("mlp", 10, **config.model_kwargs)
+
+        def init_fn(key):
+            variables = flatmin.init_variables(model, key, (8, 8, 1))
+            # Of master seed 0's four initialisation keys only seed 3's draws above 0.3.
+            poison = jax.numpy.where(jax.random.uniform(key) > 0.3, jax.numpy.nan, 1.0)
+            return jax.tree.map(lambda leaf: leaf * poison, variables)
+
+        return train_seeds(config, keys, data, init_variables_fn=init_fn, **kwargs)
+
+    monkeypatch.setattr(flatmin.experiment, "train_seeds", poisoned)
+    sharpness_table.main(
+        ["--seeds", "4", "--epochs", "1", "--hidden", "16", "--out", str(tmp_path)]
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    diverged = [r for r in results["results"] if r["diverged"]]
+    finished = [r for r in results["results"] if not r["diverged"]]
+    assert [(r["regime"], r["seed"]) for r in diverged] == [("SB", 3), ("LB", 3)]
+    assert len(finished) == 6
+    assert all(
+        r["diverged_epoch"] == 1 and r["sharpness"]["full"]["0.001"] is None for r in diverged
+    )
+    assert all(
+        r["diverged_epoch"] is None and r["sharpness"]["full"]["0.001"] > 0 for r in finished
+    )
+    assert "(1 diverged, excluded)" in capsys.readouterr().out
+
+
+def _run_script(out: Path) -> tuple[subprocess.Popen, Path]:
+    """Starts a small sharpness_table run into `out`; its stderr goes to a file beside `out`."""
+    args = ["--seeds", "2", "--epochs", "6", "--hidden", "16", "--checkpoint-every", "1"]
+    script = str(ROOT / "experiments" / "sharpness_table.py")
+    log = out.with_suffix(".log")
+    with log.open("a") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, script, *args, "--out", str(out)],
+            env=os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    return proc, log
+
+
+@pytest.mark.slow
+def test_sigkill_after_the_first_checkpoint_then_rerun_gives_the_same_results(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc, log = _run_script(killed)
+    first = killed / "checkpoints" / "sharpness_table" / "train" / "SB"
+    deadline = time.monotonic() + 600
+    while not (first.exists() and any(p.name.isdigit() for p in first.iterdir())):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+
+    for out in (killed, whole):
+        proc, log = _run_script(out)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    ours, theirs = (json.loads((d / "results.json").read_text()) for d in (killed, whole))
+    ours.pop("seconds")
+    theirs.pop("seconds")
+    assert ours == theirs
