@@ -2,7 +2,7 @@
 
 For S in {1, 2, 4, 8, 16} and both regimes (SB: batch 16, 89 Adam steps per epoch; LB: batch
 1437, one step per epoch), it times the epoch program that `train_seeds` runs once per epoch,
-`jax.jit(jax.vmap(_make_epoch(...), in_axes=(0, None)))`:
+`jax.jit(jax.vmap(epoch, in_axes=(0, None)))` with `epoch` from `flatmin.train.epoch_program`:
 
 * vmapped: lower and compile seconds (after `jax.clear_caches()`), and the run time of one
   epoch of all S seeds (median over repeats);
@@ -30,14 +30,8 @@ from _timing import compiled, default_json_path, environment, format_table, time
 from flatmin.data import Dataset, load_dataset
 from flatmin.experiment import CONFIGS
 from flatmin.models import build_model, init_variables
-from flatmin.train import (
-    EpochMetrics,
-    SeedCarry,
-    StopState,
-    TrainConfig,
-    TrainState,
-    _make_epoch,
-)
+from flatmin.train import SeedCarry, TrainConfig
+from flatmin.train import epoch_program as train_epoch_program
 
 SEEDS = (1, 2, 4, 8, 16)
 QUICK_SEEDS = (1, 2)
@@ -78,35 +72,18 @@ def train_config(regime: str, hidden: Sequence[int] | None = None) -> TrainConfi
 
 
 def epoch_program(config: TrainConfig, data: Dataset) -> EpochProgram:
-    """The pieces of `train_seeds`' epoch program for `config` on `data`.
-
-    The start state replicates `train_seeds`' inner `start` (model initialisation, no
-    `init_variables_fn`); a public factory in flatmin.train would remove that duplication.
-    """
+    """The pieces of `train_seeds`' epoch program for `config` on `data` (its own factory)."""
     model = build_model(config.model, data.num_classes, **config.model_kwargs)
     optimizer = optax.adam(config.learning_rate)
     input_shape = data.x_train.shape[1:]
-
-    def start_one(key: jax.Array) -> SeedCarry:
-        init_key, dropout_key = jax.random.split(key)
-        variables = init_variables(model, init_key, input_shape)
-        state = TrainState(
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=optimizer.init(variables["params"]),
-            key=dropout_key,
-            step=jnp.zeros((), jnp.int32),
-        )
-        zero = jnp.zeros((), jnp.int32)
-        stop = StopState(jnp.zeros((), bool), zero, jnp.full((), jnp.inf), zero, zero)
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        return SeedCarry(state, stop, EpochMetrics(nan, nan, nan))
-
+    start_one, epoch_fn = train_epoch_program(
+        config, model, optimizer, lambda key: init_variables(model, key, input_shape)
+    )
     params = init_variables(model, jax.random.key(0), input_shape)["params"]
     inputs = (jnp.asarray(0, jnp.int32), *(jnp.asarray(a) for a in data[:4]))
     return EpochProgram(
         config=config,
-        epoch_fn=_make_epoch(config, model, optimizer),
+        epoch_fn=epoch_fn,
         start=jax.jit(jax.vmap(start_one)),
         inputs=inputs,
         n_params=sum(leaf.size for leaf in jax.tree.leaves(params)),
