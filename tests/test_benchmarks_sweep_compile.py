@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/sweep.py and benchmarks/compile.py: tiny sizes, well-formed JSON.
+"""Smoke tests of benchmarks/sweep.py, compile.py and solver_cost.py: tiny sizes, well-formed JSON.
 
 Timings are never asserted (shared, noisy machines); only structure, finiteness and positivity.
 """
@@ -64,3 +64,15 @@ def test_compile_quick(monkeypatch, tmp_path, capsys):
     assert results["sharded"] == dict.fromkeys(bench.REGIMES, "skipped: 1 device")
     print(bench.tables(results))
     assert "compile_ratio" in capsys.readouterr().out
+
+
+def test_solver_cost_quick(monkeypatch, tmp_path, capsys):
+    bench = load_benchmark(monkeypatch, "solver_cost")
+    results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
+    (entry,) = results["sizes"].values()
+    assert entry["n"] == bench.QUICK_SIZES[0]
+    for key in ("lbfgsb", "projected_gradient", "two_argsorts"):
+        assert TIMING_KEYS <= set(entry[key]) and entry[key]["median_s"] > 0
+    assert entry["lbfgsb"]["per_iteration_s"] > 0 and entry["lbfgsb"]["compile_s"] > 0
+    print(bench.tables(results))
+    assert "lbfgsb_s/iter" in capsys.readouterr().out

@@ -1,0 +1,94 @@
+"""Where the solvers' own time goes: each solver on an objective that costs almost nothing.
+
+    python benchmarks/solver_cost.py [--json PATH] [--repeats R] [--quick]
+
+`benchmarks/sharpness.py` finds L-BFGS-B several times its value-and-gradient floor with the
+same number of evaluations as projected gradient. This isolates the solver's own arithmetic:
+for n in {1e4, 1e5, 5.65e5 (the digits MLP)} it times `maximize_in_box` with maxiter 10 on
+f(z) = c.z + |z|^2 / 2 (a convex f, so -f is concave as near a minimiser), per solver, and,
+beside it, two `argsort`s of n numbers: jaxopt's L-BFGS-B sorts the n breakpoints of its
+Cauchy-point search and inverts that permutation on every iteration, then walks the sorted
+breakpoints in a sequential `while_loop`. Seconds per iteration = solve / maxiter.
+"""
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from _timing import compiled, default_json_path, environment, format_table, log, timed, write_json
+
+from flatmin._solvers import SOLVERS, maximize_in_box
+
+SIZES = (10_000, 100_000, 565_258)
+QUICK_SIZES = (1_000,)
+MAXITER = 10
+
+
+def solver_seconds(n: int, repeats: int) -> dict:
+    """Per solver: compile and run time of a maxiter-10 solve of the free objective, and the
+    time of the two argsorts of n numbers that L-BFGS-B does per iteration."""
+    c = jax.random.normal(jax.random.key(0), (n,))
+    ones = jnp.ones(n)
+
+    def fun(z: jax.Array) -> jax.Array:
+        return c @ z + 0.5 * z @ z
+
+    out: dict = {"n": n}
+    for solver in SOLVERS:
+
+        def solve(init, solver=solver):
+            return maximize_in_box(fun, init, -ones, ones, solver=solver, maxiter=MAXITER).value
+
+        fn, compile_times = compiled(solve, jnp.zeros(n))
+        run = timed(fn, jnp.zeros(n), repeats=repeats)
+        out[solver] = run | compile_times | {"per_iteration_s": run["median_s"] / MAXITER}
+        log(f"n = {n}: {solver} {run['median_s']:.4g} s")
+    sorts, _ = compiled(lambda t: jnp.argsort(jnp.argsort(t)), c)
+    out["two_argsorts"] = timed(sorts, c, repeats=repeats)
+    out["lbfgsb_per_iteration_minus_sorts_s"] = (
+        out["lbfgsb"]["per_iteration_s"] - out["two_argsorts"]["median_s"]
+    )
+    return out
+
+
+def run(quick: bool = False, repeats: int = 5) -> dict:
+    sizes = QUICK_SIZES if quick else SIZES
+    return {
+        "benchmark": "solver_cost",
+        "environment": environment(),
+        "config": {"maxiter": MAXITER, "sizes": list(sizes), "repeats": repeats},
+        "sizes": {str(n): solver_seconds(n, repeats) for n in sizes},
+    }
+
+
+def tables(results: dict) -> str:
+    rows = [
+        {
+            "n": entry["n"],
+            "lbfgsb_s/iter": entry["lbfgsb"]["per_iteration_s"],
+            "pg_s/iter": entry["projected_gradient"]["per_iteration_s"],
+            "2 argsorts_s": entry["two_argsorts"]["median_s"],
+            "lbfgsb-sorts_s/iter": entry["lbfgsb_per_iteration_minus_sorts_s"],
+        }
+        for entry in results["sizes"].values()
+    ]
+    return format_table(list(rows[0]), rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=None, help="output path")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    results = run(quick=args.quick, repeats=repeats)
+    print(tables(results))
+    default = default_json_path("solver_cost-quick" if args.quick else "solver_cost")
+    print(f"\nwrote {write_json(args.json or default, results)}")
+
+
+if __name__ == "__main__":
+    main()
