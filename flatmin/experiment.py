@@ -13,7 +13,6 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flatmin.checkpoint import RunDirectory, json_ready
@@ -236,7 +235,9 @@ def run_sharpness_table(
     subspace_key = jax.random.split(jax.random.fold_in(key, 1))[0]
     solver_key = solve_key(key)
     model = build_model(config.model, data.num_classes, **config.model_kwargs)
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    mesh = check_mesh(mesh)
+    # On every device once, here, not once per solve below.
+    x, y = place((data.x_train, data.y_train), replicated(mesh))
 
     results = []
     for regime in REGIMES:

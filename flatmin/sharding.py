@@ -85,7 +85,9 @@ def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
             impl = jax.random.key_impl(leaf)
             return jax.random.wrap_key_data(put(jax.random.key_data(leaf)), impl=impl)
         if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
-            return leaf
+            return leaf  # already placed: no copy
+        if jax.process_count() == 1:
+            return jax.device_put(leaf, sharding)  # device to device where it can
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
