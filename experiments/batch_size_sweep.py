@@ -142,7 +142,7 @@ def plot(rows: list[dict], config) -> plt.Figure:
     handles = [
         ax_acc.errorbar(
             batches, 100 * mean, 100 * std, color="black", marker="o", capsize=3,
-            label="test accuracy",
+            label="test accuracy (left axis)",
         )
     ]  # fmt: skip
     for eps, color in zip(config.eps, ("tab:red", "tab:orange", "tab:purple"), strict=False):
@@ -150,7 +150,7 @@ def plot(rows: list[dict], config) -> plt.Figure:
         handles.append(
             ax_sharp.errorbar(
                 batches, mean, std, color=color, marker="s", linestyle="--", capsize=3,
-                label=rf"sharpness, $\epsilon$ = {eps:g}",
+                label=rf"sharpness, $\epsilon$ = {eps:g} (right axis)",
             )
         )  # fmt: skip
     ax_acc.set_xscale("log")
@@ -161,7 +161,7 @@ def plot(rows: list[dict], config) -> plt.Figure:
     ax_acc.set_ylabel("test accuracy (%)")
     ax_sharp.set_ylabel("sharpness, Metric 2.1 full space (%, log scale)")
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend(handles=handles, loc="best", fontsize=9)
+    ax_acc.legend(handles=handles, loc="lower right", fontsize=9)
     ax_acc.set_title(
         f"{config.name}: final iterate after {config.epochs} epochs, "
         f"mean ± std over {config.seeds} seeds"

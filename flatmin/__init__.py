@@ -20,6 +20,7 @@ from flatmin.landscape import interpolate_curved as interpolate_curved
 from flatmin.models import MODELS as MODELS
 from flatmin.models import build_model as build_model
 from flatmin.models import init_variables as init_variables
+from flatmin.objective import batch_norm_statistics as batch_norm_statistics
 from flatmin.objective import evaluate as evaluate
 from flatmin.objective import make_loss_fn as make_loss_fn
 from flatmin.sharding import gather as gather

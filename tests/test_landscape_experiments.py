@@ -55,6 +55,14 @@ def test_parametric_plot(tmp_path):
         for values in path.values():
             assert _all_finite([values[2], values[4]])
     assert _all_finite(results["solutions"])
+    # The solutions with their own running statistics and with recomputed ones; the paths use
+    # the recomputed ones, so they pass through those values at alpha = 0 and 1.
+    for regime, index in (("SB", 2), ("LB", 4)):
+        endpoint = results["endpoints"][regime]
+        assert _all_finite(endpoint)
+        for metric in parametric_plot.METRICS:
+            on_path = results["paths"]["straight"][metric][index]
+            assert math.isclose(endpoint["recomputed_statistics"][metric], on_path, rel_tol=1e-4)
 
 
 @pytest.mark.slow  # compiles the sharpness solver: ~50 s on 2 loaded cores
