@@ -85,6 +85,11 @@ def test_warm_start(tmp_path):
     assert [row["sb_epochs"] for row in results["results"]] == [0, 1, 2]
     for row in results["results"]:
         assert _all_finite([row["lb_test_accuracy"], row["lb_sharpness"]])
+    # One sharpness solve per k, each kept on its own: an interrupted run loses no finished k.
+    stages = tmp_path / "checkpoints" / "warm_start" / "stages"
+    for row in results["results"]:
+        kept = json.loads((stages / f"lb-sharpness-k{row['sb_epochs']}.json").read_text())
+        assert kept["value"] == row["per_seed"]["lb_sharpness"]
 
 
 @pytest.mark.slow  # compiles the sharpness solver: ~50 s on 2 loaded cores
