@@ -5,6 +5,7 @@ work; timings are reported as the median over the repeats (after warm-up calls),
 minimum and every repeat alongside, because the machines these run on are shared and noisy.
 """
 
+import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -200,3 +201,30 @@ def format_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> s
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def benchmark_parser(doc: str, default_repeats: int = 5) -> argparse.ArgumentParser:
+    """The flags every benchmark takes: --json PATH, --repeats N, --quick (tiny sizes)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=None, help="output path")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"timed repeats (default {default_repeats})"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.set_defaults(default_repeats=default_repeats)
+    return parser
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """Parsed flags; --repeats defaults to 1 with --quick, else to the benchmark's default."""
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else args.default_repeats
+    return args
+
+
+def report(name: str, args: argparse.Namespace, results: dict, tables: str) -> None:
+    """Prints the tables and writes the JSON (--json, or the default path for this device)."""
+    print(tables)
+    default = default_json_path(f"{name}-quick" if args.quick else name)
+    print(f"\nwrote {write_json(args.json or default, results)}")

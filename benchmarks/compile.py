@@ -12,14 +12,19 @@ Every figure is the median over repeats. Use it to compare compilation speed acr
 and backends: `python benchmarks/compile.py [--json PATH] [--repeats N] [--quick]`.
 """
 
-import argparse
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
-from _timing import compiled, default_json_path, environment, format_table, write_json
+from _timing import (
+    benchmark_parser,
+    compiled,
+    environment,
+    format_table,
+    parse_benchmark_args,
+    report,
+)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sweep import QUICK_HIDDEN, REGIMES, epoch_program, seed_keys, train_config, vmapped_epoch
 
@@ -187,17 +192,11 @@ def tables(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: runs the compile benchmark, prints the tables, writes the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None, help="output path")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats (default 3)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    args = parser.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    results = run(quick=args.quick, repeats=repeats)
-    print(tables(results))
-    default = default_json_path("compile-quick" if args.quick else "compile")
-    print(f"\nwrote {write_json(args.json or default, results)}")
+    """CLI: runs the benchmark, prints the tables, writes the JSON."""
+    parser = benchmark_parser(__doc__, default_repeats=3)
+    args = parse_benchmark_args(parser, argv)
+    results = run(quick=args.quick, repeats=args.repeats)
+    report("compile", args, results, tables(results))
 
 
 if __name__ == "__main__":

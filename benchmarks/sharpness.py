@@ -16,13 +16,11 @@ maxiter = 10, it measures:
 Run `python benchmarks/sharpness.py [--json PATH] [--repeats N] [--quick]`.
 """
 
-import argparse
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -32,15 +30,16 @@ import optax
 import scipy.optimize
 import threadpoolctl
 from _timing import (
+    benchmark_parser,
     compiled,
-    default_json_path,
     environment,
     format_table,
     log,
     paired,
+    parse_benchmark_args,
+    report,
     timed,
     timed_together,
-    write_json,
 )
 from jax.flatten_util import ravel_pytree
 
@@ -655,19 +654,13 @@ def tables(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: runs the benchmark, prints the tables, writes the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None, help="output path")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--blas-threads", type=int, default=None, help="cap BLAS/LAPACK threads (default: as is)"
     )
-    args = parser.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
-    results = run(quick=args.quick, repeats=repeats, blas_threads=args.blas_threads)
-    print(tables(results))
-    default = default_json_path("sharpness-quick" if args.quick else "sharpness")
-    print(f"\nwrote {write_json(args.json or default, results)}")
+    args = parse_benchmark_args(parser, argv)
+    results = run(quick=args.quick, repeats=args.repeats, blas_threads=args.blas_threads)
+    report("sharpness", args, results, tables(results))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,20 @@ Cauchy-point search and inverts that permutation on every iteration, then walks 
 breakpoints in a sequential `while_loop`. Seconds per iteration = solve / maxiter.
 """
 
-import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from _timing import compiled, default_json_path, environment, format_table, log, timed, write_json
+from _timing import (
+    benchmark_parser,
+    compiled,
+    environment,
+    format_table,
+    log,
+    parse_benchmark_args,
+    report,
+    timed,
+)
 
 from flatmin._solvers import SOLVERS, maximize_in_box
 
@@ -80,16 +87,11 @@ def tables(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None, help="output path")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    args = parser.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
-    results = run(quick=args.quick, repeats=repeats)
-    print(tables(results))
-    default = default_json_path("solver_cost-quick" if args.quick else "solver_cost")
-    print(f"\nwrote {write_json(args.json or default, results)}")
+    """CLI: runs the benchmark, prints the tables, writes the JSON."""
+    parser = benchmark_parser(__doc__)
+    args = parse_benchmark_args(parser, argv)
+    results = run(quick=args.quick, repeats=args.repeats)
+    report("solver_cost", args, results, tables(results))
 
 
 if __name__ == "__main__":

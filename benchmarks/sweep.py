@@ -16,16 +16,22 @@ For S in {1, 2, 4, 8, 16} and both regimes (SB: batch 16, 89 Adam steps per epoc
 Run `python benchmarks/sweep.py [--json PATH] [--repeats N] [--quick]`.
 """
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from _timing import compiled, default_json_path, environment, format_table, timed, write_json
+from _timing import (
+    benchmark_parser,
+    compiled,
+    environment,
+    format_table,
+    parse_benchmark_args,
+    report,
+    timed,
+)
 
 from flatmin.data import Dataset, load_dataset
 from flatmin.experiment import CONFIGS
@@ -281,17 +287,11 @@ def tables(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: runs the sweep, prints the tables, writes the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None, help="output path")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    args = parser.parse_args(argv)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
-    results = run(quick=args.quick, repeats=repeats)
-    print(tables(results))
-    default = default_json_path("sweep-quick" if args.quick else "sweep")
-    print(f"\nwrote {write_json(args.json or default, results)}")
+    """CLI: runs the benchmark, prints the tables, writes the JSON."""
+    parser = benchmark_parser(__doc__)
+    args = parse_benchmark_args(parser, argv)
+    results = run(quick=args.quick, repeats=args.repeats)
+    report("sweep", args, results, tables(results))
 
 
 if __name__ == "__main__":
