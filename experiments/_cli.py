@@ -2,7 +2,7 @@
 
 Each script is a thin `main(argv)` over the library:
 
-    parser = base_parser(__doc__)           # --config --seeds --epochs --hidden --out ...
+    parser = base_parser(__doc__)           # --config --seeds --epochs --solver --out ...
     parser.add_argument(...)                # the script's own flags
     args = parse(parser, argv)              # parsed; joins a multi-process run if asked
     config = build_config(args)             # CONFIGS[--config] with the overrides, validated
@@ -33,6 +33,7 @@ from flatmin.checkpoint import CheckpointError, RunDirectory
 from flatmin.data import Dataset, load_dataset
 from flatmin.experiment import CONFIGS, ExperimentConfig
 from flatmin.sharding import initialize_distributed, is_writer
+from flatmin.sharpness import SOLVERS
 
 SB_COLOR, LB_COLOR = "tab:blue", "tab:red"
 
@@ -53,6 +54,12 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     parser.add_argument("--timit", default=None, help="TIMIT features .npz (config f2)")
     parser.add_argument("--seed", type=int, default=0, help="master PRNG seed")
+    parser.add_argument(
+        "--solver",
+        default=None,
+        choices=SOLVERS,
+        help="inner-maximum solver (default: the config's, lbfgsb as in the paper)",
+    )
     parser.add_argument(
         "--checkpoint-every", type=int, default=5, help="epochs between training checkpoints"
     )
@@ -80,12 +87,13 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
-    """CONFIGS[args.config] with --seeds/--epochs/--hidden and `overrides` applied.
+    """CONFIGS[args.config] with --seeds/--epochs/--solver/--hidden and `overrides` applied.
 
     Building the config validates it (sizes, seeds, epochs, eps) before any data is loaded.
     """
     base = CONFIGS[args.config]
-    changes = {k: v for k, v in (("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
+    flags = (("seeds", args.seeds), ("epochs", args.epochs), ("solver", args.solver))
+    changes = {k: v for k, v in flags if v is not None}
     if args.hidden is not None:
         if base.model != "mlp":
             sys.exit(f"--hidden applies to the mlp model only; config {base.name} is {base.model}")

@@ -108,3 +108,13 @@ def test_spectrum(tmp_path):
 def test_hidden_flag_rejects_bad_widths():
     with pytest.raises(SystemExit):
         _cli.base_parser("x").parse_args(["--hidden", "16,0"])
+
+
+def test_solver_flag_reaches_the_config():
+    parse = _cli.base_parser("x").parse_args
+    assert _cli.build_config(parse([])).solver == "lbfgsb"  # the paper's, by default
+    assert _cli.build_config(parse(["--solver", "projected_gradient"])).solver == (
+        "projected_gradient"
+    )
+    with pytest.raises(SystemExit):
+        parse(["--solver", "adam"])
