@@ -14,3 +14,11 @@ def test_readme_example_runs():
     for name in ("full", "sub"):
         value = float(namespace[name])
         assert math.isfinite(value) and value >= 0, (name, value)
+
+
+def test_readme_figures_exist():
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text())
+    assert figures, "the README shows no figures"
+    for figure in figures:
+        path = README.parent / figure
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG", figure
