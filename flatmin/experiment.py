@@ -8,6 +8,7 @@ renders Tables 2-4 with the paper's figures beside ours.
 
 import dataclasses
 import math
+import operator
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -169,6 +170,7 @@ def seed_sharpness(
     restarts: int = 1,
     init: str = "random",
     chunk_size: int = 2048,
+    seeds_per_solve: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     """Metric 2.1 of every seed, (S,): variables stacked over seeds, solved vmapped.
@@ -177,16 +179,29 @@ def seed_sharpness(
     A (shared by all seeds) or None for the full space. A diverged seed gives NaN, not an error.
     One compiled program serves every eps, regime and data set of the same shapes. The seeds are
     sharded over `mesh` (default: all devices), padded to a multiple of its size.
+
+    seeds_per_solve: None solves all S seeds in one vmapped program. Memory grows with the
+      seeds solved together (L-BFGS-B keeps 2 x 10 vectors of n per seed, and each vmapped
+      loss evaluation holds every seed's activations), so for many seeds give a group size:
+      the groups run one after another through the same compiled program (the last one padded).
     """
+    if seeds_per_solve is not None and seeds_per_solve < 1:
+        raise ValueError(f"seeds_per_solve must be None or >= 1, got {seeds_per_solve}")
     mesh = check_mesh(mesh)
     num_seeds = jax.tree.leaves(variables)[0].shape[0]
-    variables = place(pad_seeds(variables, padded_size(num_seeds, mesh)), seed_sharding(mesh))
+    group = padded_size(min(seeds_per_solve or num_seeds, num_seeds), mesh)
     x, y, A, key = place((x, y, A, key), replicated(mesh))
-    values = _seed_sharpness(
-        model, variables, x, y, A, np.float32(eps), key,
-        solver, maxiter, restarts, init, chunk_size,
-    )  # fmt: skip
-    return gather(values, num_seeds)
+    values = []
+    for start in range(0, num_seeds, group):
+        part = jax.tree.map(operator.itemgetter(slice(start, start + group)), variables)
+        size = jax.tree.leaves(part)[0].shape[0]
+        part = place(pad_seeds(part, group), seed_sharding(mesh))
+        solved = _seed_sharpness(
+            model, part, x, y, A, np.float32(eps), key,
+            solver, maxiter, restarts, init, chunk_size,
+        )  # fmt: skip
+        values.append(gather(solved, size))
+    return np.concatenate(values)
 
 
 @partial(jax.jit, static_argnums=(0, 7, 8, 9, 10, 11))

@@ -7,11 +7,24 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import flatmin
 from flatmin.data import load_dataset
-from flatmin.experiment import CONFIGS, ExperimentConfig, json_ready, run_sharpness_table
+from flatmin.experiment import (
+    CONFIGS,
+    ExperimentConfig,
+    json_ready,
+    run_sharpness_table,
+    seed_keys,
+    seed_sharpness,
+)
+from flatmin.models import build_model
+from flatmin.objective import make_loss_fn
 from flatmin.tables import format_tables
+from flatmin.train import train_seeds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import sharpness_table  # the script, imported as a module
@@ -119,3 +132,52 @@ def test_batch_larger_than_training_set_raises_before_training(digits, monkeypat
 def test_cli_rejects_unknown_config():
     with pytest.raises(SystemExit):
         sharpness_table.parse_args(["--config", "resnet"])
+
+
+@pytest.fixture(scope="module")
+def three_seeds(digits):
+    """Three trained seeds of a tiny MLP (stacked variables) and the model."""
+    config = dataclasses.replace(TINY, seeds=3, epochs=1)
+    trained = train_seeds(
+        config.train_config("SB", digits.x_train.shape[0]), seed_keys(jax.random.key(0), 3), digits
+    )
+    model = build_model(config.model, digits.num_classes, **config.model_kwargs)
+    return model, trained.variables
+
+
+def test_seed_sharpness_equals_each_seed_alone(digits, three_seeds):
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    key = jax.random.key(3)
+    vmapped = seed_sharpness(model, variables, x, y, None, 1e-3, key=key)
+
+    def alone(seed: int) -> jax.Array:
+        batch_stats, params = jax.tree.map(
+            lambda v: v[seed], (variables["batch_stats"], variables["params"])
+        )
+        loss_fn = make_loss_fn(model, batch_stats, x, y)
+        return flatmin.sharpness(loss_fn, params, None, 1e-3, key=key)
+
+    assert vmapped.shape == (3,) and np.all(vmapped > 0)
+    # Distinct seeds, distinct values: a grouping that lost or reordered seeds would show.
+    assert np.min(np.diff(np.sort(vmapped))) > 1e-2 * np.max(vmapped)
+    np.testing.assert_allclose(vmapped, [alone(seed) for seed in range(3)], rtol=1e-3)
+
+
+@pytest.mark.parametrize("seeds_per_solve", [1, 2, 3, 8])
+def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, seeds_per_solve):
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    key = jax.random.key(3)
+    together = seed_sharpness(model, variables, x, y, None, 1e-3, key=key)
+    grouped = seed_sharpness(
+        model, variables, x, y, None, 1e-3, key=key, seeds_per_solve=seeds_per_solve
+    )
+    np.testing.assert_allclose(grouped, together, rtol=1e-5)
+
+
+def test_seed_sharpness_rejects_bad_group_size(digits, three_seeds):
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    with pytest.raises(ValueError, match="seeds_per_solve"):
+        seed_sharpness(model, variables, x, y, None, 1e-3, key=jax.random.key(0), seeds_per_solve=0)
