@@ -6,6 +6,8 @@ Trains S seeds (vmapped) per batch size for a fixed number of epochs (the paper:
 stopping), then measures test accuracy and Metric 2.1 in the full space at each of the config's
 eps. Seed k starts from the same initialisation at every batch size. Writes
 DIR/batch_size_sweep.json and DIR/batch_size_sweep.png.
+On digits the solver defaults to projected gradient (a few minutes); `--solver lbfgsb` is
+the paper's.
 """
 
 import dataclasses
@@ -18,6 +20,7 @@ import numpy as np
 from _cli import (
     base_parser,
     build_config,
+    full_space_solver,
     load_data,
     mean_std,
     parse,
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parse(parser, argv)
     epochs = args.epochs or (DIGITS_EPOCHS if args.config == "digits" else 100)
-    config = build_config(args, epochs=epochs)
+    config = build_config(args, epochs=epochs, solver=full_space_solver(args))
     data = load_data(args, config)
     n = data.x_train.shape[0]
     batch_sizes = args.batch_sizes or DEFAULT_BATCH_SIZES.get(config.dataset, PAPER_BATCH_SIZES)

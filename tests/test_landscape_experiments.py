@@ -83,6 +83,7 @@ def test_warm_start(tmp_path):
     warm_start.main(argv)
     results = _load(tmp_path, "warm_start", {"results", "lb_batch", "sb_batch"})
     assert [row["sb_epochs"] for row in results["results"]] == [0, 1, 2]
+    assert results["config"]["solver"] == "projected_gradient"  # the digits default
     for row in results["results"]:
         assert _all_finite([row["lb_test_accuracy"], row["lb_sharpness"]])
     # One sharpness solve per k, each kept on its own: an interrupted run loses no finished k.
@@ -118,3 +119,8 @@ def test_solver_flag_reaches_the_config():
     )
     with pytest.raises(SystemExit):
         parse(["--solver", "adam"])
+    # The full-space experiments' digits default, and the flag or another config overriding it.
+    assert _cli.full_space_solver(parse([])) == "projected_gradient"
+    assert _cli.full_space_solver(parse(["--solver", "lbfgsb"])) == "lbfgsb"
+    assert _cli.full_space_solver(parse(["--config", "f1"])) is None
+    assert _cli.build_config(parse(["--config", "f1"]), solver=None).solver == "lbfgsb"
