@@ -164,16 +164,21 @@ def test_seed_sharpness_equals_each_seed_alone(digits, three_seeds):
     np.testing.assert_allclose(vmapped, [alone(seed) for seed in range(3)], rtol=1e-3)
 
 
-@pytest.mark.parametrize("seeds_per_solve", [1, 2, 3, 8])
-def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, seeds_per_solve):
+@pytest.mark.parametrize("solver", ["lbfgsb", "projected_gradient"])
+@pytest.mark.parametrize("seeds_per_solve", [1, 2, None])
+def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, solver, seeds_per_solve):
     model, variables = three_seeds
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
     key = jax.random.key(3)
-    together = seed_sharpness(model, variables, x, y, None, 1e-3, key=key)
-    grouped = seed_sharpness(
-        model, variables, x, y, None, 1e-3, key=key, seeds_per_solve=seeds_per_solve
+    # More seeds per solve than seeds: all three in one vmapped solve, for either solver.
+    together = seed_sharpness(
+        model, variables, x, y, None, 1e-3, key=key, solver=solver, seeds_per_solve=8
     )
-    np.testing.assert_allclose(grouped, together, rtol=1e-5)
+    grouped = seed_sharpness(
+        model, variables, x, y, None, 1e-3, key=key, solver=solver, seeds_per_solve=seeds_per_solve
+    )
+    # A batch of 1 and a batch of 3 compile to different float32 reductions: 2e-5 seen.
+    np.testing.assert_allclose(grouped, together, rtol=1e-4)
 
 
 def test_seed_sharpness_rejects_bad_group_size(digits, three_seeds):
