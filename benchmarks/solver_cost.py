@@ -9,6 +9,10 @@ f(z) = c.z + |z|^2 / 2 (a convex f, so -f is concave as near a minimiser), per s
 beside it, two `argsort`s of n numbers: jaxopt's L-BFGS-B sorts the n breakpoints of its
 Cauchy-point search and inverts that permutation on every iteration, then walks the sorted
 breakpoints in a sequential `while_loop`. Seconds per iteration = solve / maxiter.
+
+It also solves LANES such objectives (different c) vmapped, as `seed_sharpness` would solve
+seeds: "vmapped/sequential" is that time over LANES times one lane's. The walk's while_loop runs
+until the slowest lane stops and, batched, updates every lane's n-long mask at each step.
 """
 
 from collections.abc import Sequence
@@ -31,27 +35,33 @@ from flatmin._solvers import SOLVERS, maximize_in_box
 SIZES = (10_000, 100_000, 565_258)
 QUICK_SIZES = (1_000,)
 MAXITER = 10
+LANES, QUICK_LANES = 5, 2
 
 
-def solver_seconds(n: int, repeats: int) -> dict:
-    """Per solver: compile and run time of a maxiter-10 solve of the free objective, and the
-    time of the two argsorts of n numbers that L-BFGS-B does per iteration."""
-    c = jax.random.normal(jax.random.key(0), (n,))
-    ones = jnp.ones(n)
+def solver_seconds(n: int, repeats: int, lanes: int) -> dict:
+    """Per solver: compile and run time of a maxiter-10 solve of the free objective, the same
+    for `lanes` objectives vmapped, and the time of the two argsorts of n numbers that
+    L-BFGS-B does per iteration."""
+    cs = jax.random.normal(jax.random.key(0), (lanes, n))
+    c, ones = cs[0], jnp.ones(n)
 
-    def fun(z: jax.Array) -> jax.Array:
-        return c @ z + 0.5 * z @ z
-
-    out: dict = {"n": n}
+    out: dict = {"n": n, "lanes": lanes}
     for solver in SOLVERS:
 
-        def solve(init, solver=solver):
+        def solve(c, init, solver=solver):
+            def fun(z: jax.Array) -> jax.Array:
+                return c @ z + 0.5 * z @ z
+
             return maximize_in_box(fun, init, -ones, ones, solver=solver, maxiter=MAXITER).value
 
-        fn, compile_times = compiled(solve, jnp.zeros(n))
-        run = timed(fn, jnp.zeros(n), repeats=repeats)
+        fn, compile_times = compiled(solve, c, jnp.zeros(n))
+        run = timed(fn, c, jnp.zeros(n), repeats=repeats)
         out[solver] = run | compile_times | {"per_iteration_s": run["median_s"] / MAXITER}
-        log(f"n = {n}: {solver} {run['median_s']:.4g} s")
+        batched, batched_compile = compiled(jax.vmap(solve), cs, jnp.zeros((lanes, n)))
+        vmapped = timed(batched, cs, jnp.zeros((lanes, n)), repeats=repeats)
+        out[f"{solver}_vmapped"] = vmapped | batched_compile
+        out[f"{solver}_vmapped_over_sequential"] = vmapped["median_s"] / (lanes * run["median_s"])
+        log(f"n = {n}: {solver} {run['median_s']:.4g} s, vmapped {vmapped['median_s']:.4g} s")
     sorts, _ = compiled(lambda t: jnp.argsort(jnp.argsort(t)), c)
     out["two_argsorts"] = timed(sorts, c, repeats=repeats)
     # Seconds, but a difference of medians: noise can make it negative (hence no "_s" suffix,
@@ -63,12 +73,12 @@ def solver_seconds(n: int, repeats: int) -> dict:
 
 
 def run(quick: bool = False, repeats: int = 5) -> dict:
-    sizes = QUICK_SIZES if quick else SIZES
+    sizes, lanes = (QUICK_SIZES, QUICK_LANES) if quick else (SIZES, LANES)
     return {
         "benchmark": "solver_cost",
         "environment": environment(),
-        "config": {"maxiter": MAXITER, "sizes": list(sizes), "repeats": repeats},
-        "sizes": {str(n): solver_seconds(n, repeats) for n in sizes},
+        "config": {"maxiter": MAXITER, "sizes": list(sizes), "lanes": lanes, "repeats": repeats},
+        "sizes": {str(n): solver_seconds(n, repeats, lanes) for n in sizes},
     }
 
 
@@ -80,6 +90,8 @@ def tables(results: dict) -> str:
             "pg_s/iter": entry["projected_gradient"]["per_iteration_s"],
             "2 argsorts_s": entry["two_argsorts"]["median_s"],
             "lbfgsb-sorts_s/iter": entry["lbfgsb_per_iteration_minus_sorts"],
+            "lbfgsb vmapped/sequential": entry["lbfgsb_vmapped_over_sequential"],
+            "pg vmapped/sequential": entry["projected_gradient_vmapped_over_sequential"],
         }
         for entry in results["sizes"].values()
     ]

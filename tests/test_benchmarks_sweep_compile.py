@@ -71,8 +71,9 @@ def test_solver_cost_quick(monkeypatch, tmp_path, capsys):
     results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
     (entry,) = results["sizes"].values()
     assert entry["n"] == bench.QUICK_SIZES[0]
-    for key in ("lbfgsb", "projected_gradient", "two_argsorts"):
+    for key in ("lbfgsb", "projected_gradient", "two_argsorts", "lbfgsb_vmapped"):
         assert TIMING_KEYS <= set(entry[key]) and entry[key]["median_s"] > 0
+    assert entry["lanes"] == bench.QUICK_LANES and entry["lbfgsb_vmapped_over_sequential"] > 0
     assert entry["lbfgsb"]["per_iteration_s"] > 0 and entry["lbfgsb"]["compile_s"] > 0
     print(bench.tables(results))
     assert "lbfgsb_s/iter" in capsys.readouterr().out
