@@ -1,0 +1,192 @@
+"""Tests of flatmin.lbfgsb, flatmin's L-BFGS-B, against independent references.
+
+- The generalized Cauchy point against jaxopt 0.8.5's `_find_cauchy_point` (a sequential walk
+  over the sorted breakpoints, the textbook Algorithm CP): point, free set and c = W^T(xcp - x).
+- The whole minimiser against scipy's `fmin_l_bfgs_b` on convex box-constrained quadratics: the
+  same solution, and (float64) the same number of iterations and evaluations.
+- The program's shape: no loop whose trip count depends on n.
+"""
+
+import warnings
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from flatmin import lbfgsb
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # jaxopt is archived; a reference here
+    from jaxopt._src.lbfgsb import _find_cauchy_point
+
+
+def _instance(seed, n, pairs, dtype, m=5):
+    """A random box, a point inside it (some coordinates on a face), a gradient, and `pairs`
+    curvature pairs from a random positive definite quadratic pushed into an m-slot memory (so
+    that more than m pairs wrap around)."""
+    rng = np.random.default_rng(seed)
+    lower = -rng.uniform(0.5, 2.0, n)
+    upper = rng.uniform(0.5, 2.0, n)
+    x = rng.uniform(lower, upper)
+    faces = rng.random(n) < 0.1
+    x = np.where(faces, np.where(rng.random(n) < 0.5, lower, upper), x)
+    g = rng.normal(size=n)
+    memory = lbfgsb.empty_memory(m, n, dtype)
+    scales = rng.uniform(0.5, 3.0, n)
+    for _ in range(pairs):
+        # H = diag(scales) + a rank-3 term: positive definite, not diagonal, cheap at n = 1e5.
+        s = 0.3 * rng.normal(size=n)
+        U = rng.normal(size=(n, 3)) / np.sqrt(n)
+        y = scales * s + U @ (U.T @ s)
+        memory = lbfgsb.push_pair(memory, *(jnp.asarray(v, dtype) for v in (s, y, s @ y, y @ y)))
+    arrays = [jnp.asarray(v, dtype) for v in (x, g, lower, upper)]
+    return arrays, memory
+
+
+def _jaxopt_form(memory):
+    """W (n, 2k) and M (2k, 2k) in chronological order, the k stored pairs only, as jaxopt
+    builds them (Byrd et al. 1995, eqs. 3.3-3.4)."""
+    m = memory.s.shape[0]
+    order = (memory.head + jnp.arange(m)) % m
+    k = int(memory.count)
+    S, Y = memory.s[order][:k], memory.y[order][:k]
+    W = jnp.concatenate([Y.T, memory.theta * S.T], axis=1)
+    SY = S @ Y.T
+    K = jnp.block(
+        [[-jnp.diag(jnp.diag(SY)), jnp.tril(SY, -1).T], [jnp.tril(SY, -1), memory.theta * S @ S.T]]
+    )
+    return W, jnp.linalg.inv(K), order[:k]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    ("n", "pairs", "seed"),
+    [(10, 1, 0), (10, 3, 1), (50, 7, 2), (1000, 2, 3), (1000, 5, 4), (100_000, 3, 5)],
+)
+def test_cauchy_point_equals_jaxopt(dtype, n, pairs, seed):
+    """Oracle: jaxopt's sequential GCP walk. Same point, same free set, same c."""
+    with jax.enable_x64(dtype == np.float64):
+        (x, g, lower, upper), memory = _instance(seed, n, pairs, dtype)
+        M = lbfgsb.middle_matrix(memory)
+        xcp, free, c = jax.jit(lbfgsb.cauchy_point)(x, g, lower, upper, memory, M)
+        W, M_ref, order = _jaxopt_form(memory)
+        xcp_ref, c_ref, free_ref = jax.jit(_find_cauchy_point)(
+            x, g, lower, upper, memory.theta, W, M_ref
+        )
+        m = memory.s.shape[0]
+        c_chrono = jnp.concatenate([c[:m][order], c[m:][order]])
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        # The walk passed a good part of the breakpoints (not a trivial first-segment stop).
+        assert 0 < int(jnp.sum(~free_ref)) < n
+        np.testing.assert_array_equal(np.asarray(free), np.asarray(free_ref))
+        np.testing.assert_allclose(np.asarray(xcp), np.asarray(xcp_ref), rtol=tol, atol=tol)
+        scale = float(jnp.max(jnp.abs(c_ref)))
+        np.testing.assert_allclose(np.asarray(c_chrono), np.asarray(c_ref), atol=tol * scale)
+
+
+def test_cauchy_point_without_pairs_is_the_projected_gradient_step():
+    """Oracle: with B = theta I the model is separable, its first minimiser along the path is
+    at t = 1/theta, so the GCP is clip(x - g/theta); the general routine agrees."""
+    (x, g, lower, upper), memory = _instance(7, 200, 0, np.float32)
+    memory = memory._replace(theta=jnp.float32(2.5))
+    expected = np.clip(np.asarray(x) - np.asarray(g) / 2.5, np.asarray(lower), np.asarray(upper))
+    fast = lbfgsb.cauchy_point_no_memory(x, g, lower, upper, memory.theta)
+    general, _, _ = lbfgsb.cauchy_point(x, g, lower, upper, memory, lbfgsb.middle_matrix(memory))
+    np.testing.assert_allclose(np.asarray(fast), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(general), expected, rtol=1e-5, atol=1e-6)
+
+
+def _quadratic(seed, n):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, n))
+    H = A @ A.T / n + 0.1 * np.eye(n)
+    b = 3.0 * rng.normal(size=n)
+    lower, upper = -rng.uniform(0.5, 1.5, n), rng.uniform(0.5, 1.5, n)
+    return H, b, lower, upper
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("memory", [3, 10])
+def test_minimize_matches_scipy_on_convex_quadratics(seed, memory):
+    """Oracle: scipy's fmin_l_bfgs_b (float64) on q(x) = x^T H x / 2 + b^T x over a box, from
+    x = 0 with the same memory and line search, run to convergence (pgtol 1e-7, factr 1e5:
+    short of the last digits, where rounding decides whether a line search fails): the same
+    minimiser, the same value, and the same numbers of iterations and evaluations (the same
+    algorithm, step by step). Many bounds are active at the solution and pairs are stored, so
+    the GCP walk, the subspace step and the line search all take part."""
+    n = 30
+    H, b, lower, upper = _quadratic(seed, n)
+    x_ref, f_ref, info = scipy.optimize.fmin_l_bfgs_b(
+        lambda v: (0.5 * v @ H @ v + b @ v, H @ v + b),
+        np.zeros(n),
+        bounds=list(zip(lower, upper, strict=True)),
+        m=memory,
+        maxiter=200,
+        pgtol=1e-7,
+        factr=1e5,
+    )
+    assert info["warnflag"] == 0  # converged
+    with jax.enable_x64(True):
+        Hj, bj = jnp.asarray(H), jnp.asarray(b)
+
+        def fun(v):
+            q = 0.5 * v @ (Hj @ v) + bj @ v
+            return q, q
+
+        x0 = jnp.zeros(n)
+        (f0, aux0), g0 = jax.value_and_grad(fun, has_aux=True)(x0)
+        run = jax.jit(
+            lambda: lbfgsb.minimize(
+                fun, x0, jnp.asarray(lower), jnp.asarray(upper),
+                maxiter=200, memory=memory, pgtol=1e-7, factr=1e5, maxls=20,
+                first=(f0, aux0, g0),
+            )
+        )  # fmt: skip
+        result = run()
+    active = np.sum((x_ref <= lower) | (x_ref >= upper))
+    assert 0 < active < n
+    assert int(result.num_pairs) > 0
+    np.testing.assert_allclose(np.asarray(result.x), x_ref, atol=1e-7)
+    np.testing.assert_allclose(float(result.f), f_ref, rtol=1e-12)
+    assert int(result.num_steps) == info["nit"]
+    assert int(result.num_evaluations) == info["funcalls"]
+
+
+def test_program_has_no_loop_over_coordinates():
+    """Oracle: the jaxpr. flatmin's default (unit steps) holds no while loop at all; the paper's
+    route exactly one, the line search, whose condition tests the trial count against maxls;
+    and the program is the same sequence of operations for n = 13 and n = 1000: nothing loops
+    over coordinates or breakpoints."""
+
+    def program(n, maxls):
+        def fun(v):
+            f = jnp.sum(jnp.cos(v))
+            return f, f
+
+        x0 = jnp.zeros(n)
+        first = (jnp.float32(n), jnp.float32(n), jnp.zeros(n))
+        ones = jnp.ones(n)
+        return jax.make_jaxpr(
+            lambda x: lbfgsb.minimize(
+                fun, x, -ones, ones, maxiter=10, memory=5, pgtol=0.0, factr=0.0, maxls=maxls,
+                first=first,
+            )
+        )(x0)  # fmt: skip
+
+    def equations(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from equations(sub)
+
+    for maxls in (0, 17):
+        small, large = program(13, maxls), program(1000, maxls)
+        names = [eqn.primitive.name for eqn in equations(small.jaxpr)]
+        assert names == [eqn.primitive.name for eqn in equations(large.jaxpr)]
+        loops = [eqn for eqn in equations(small.jaxpr) if eqn.primitive.name == "while"]
+        assert len(loops) == (0 if maxls == 0 else 1)
+        for loop in loops:
+            assert "17" in str(loop.params["cond_jaxpr"])
