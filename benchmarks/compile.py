@@ -2,9 +2,11 @@
 
 Programs, on the digits config's 3x512 MLP (evaluation-mode loss over the training set):
 
-* the sharpness solve, `jax.jit(lambda p: flatmin.sharpness(loss, p, A, 1e-3, solver=s,
-  maxiter=m))`, for each solver, maxiter 10 and 100, in the full space and a p = 100 subspace;
+* the sharpness solve, `jax.jit(lambda p: flatmin.sharpness(loss, p, A, 1e-3, solver=s))`,
+  for each solver with maxiter 10 and 100, in the full space and a p = 100 subspace;
   compile(maxiter=100) / compile(maxiter=10) should be ~1 (loops are not unrolled);
+* the same solve vmapped over S = 1 and 8 stacked parameter sets (seeds): compile(S = 8) /
+  compile(S = 1) should be ~1 too;
 * the training epoch (`train_seeds`' vmapped epoch program), SB and LB, S = 1 and S = 8;
 * the same epoch with the seed axis sharded over all devices, where there is more than one.
 
@@ -12,11 +14,13 @@ Every figure is the median over repeats. Use it to compare compilation speed acr
 and backends: `python benchmarks/compile.py [--json PATH] [--repeats N] [--quick]`.
 """
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from _timing import (
     benchmark_parser,
     compiled,
@@ -29,7 +33,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sweep import QUICK_HIDDEN, REGIMES, epoch_program, seed_keys, train_config, vmapped_epoch
 
 import flatmin
-from flatmin._solvers import SOLVERS
 from flatmin.data import load_dataset
 from flatmin.models import build_model, init_variables
 from flatmin.objective import make_loss_fn
@@ -39,7 +42,13 @@ MAXITERS = (10, 100)
 SUBSPACE_DIM = 100
 EPOCH_SEEDS = (1, 8)
 QUICK_EPOCH_SEEDS = (1, 2)
-QUICK_SOLVERS = ("projected_gradient",)  # jaxopt's L-BFGS-B alone compiles for ~10 s
+SOLVERS = {
+    "lbfgsb": flatmin.LBFGSB(),
+    "paper": flatmin.LBFGSB.paper(),
+    "projected_gradient": flatmin.ProjectedGradient(),
+}
+QUICK_SOLVERS = ("lbfgsb",)
+SOLVE_SEEDS = (1, 8)
 
 
 def compile_times(
@@ -77,19 +86,31 @@ def sharpness_compile(hidden: Sequence[int] | None, solvers: Sequence[str], repe
     results = {}
     for space, A in spaces.items():
         results[space] = {}
-        for solver in solvers:
+        for name in solvers:
             per_maxiter = {}
             for maxiter in MAXITERS:
+                solver = dataclasses.replace(SOLVERS[name], maxiter=maxiter)
 
-                def solve(p, A=A, solver=solver, maxiter=maxiter):
-                    return flatmin.sharpness(loss, p, A, EPS, solver=solver, maxiter=maxiter)
+                def solve(p, A=A, solver=solver):
+                    return flatmin.sharpness(loss, p, A, EPS, solver=solver)
 
                 per_maxiter[str(maxiter)] = compile_times(solve, params, repeats=repeats)
+            per_seeds = {}
+            for seeds in SOLVE_SEEDS:
+                stacked = jax.tree.map(lambda leaf, s=seeds: jnp.stack([leaf] * s), params)
+
+                def solve_seeds(p, A=A, solver=SOLVERS[name]):
+                    return jax.vmap(lambda q: flatmin.sharpness(loss, q, A, EPS, solver=solver))(p)
+
+                per_seeds[str(seeds)] = compile_times(solve_seeds, stacked, repeats=repeats)
             low, high = (per_maxiter[str(m)] for m in (MAXITERS[0], MAXITERS[-1]))
-            results[space][solver] = {
+            one, many = (per_seeds[str(s)] for s in (SOLVE_SEEDS[0], SOLVE_SEEDS[-1]))
+            results[space][name] = {
                 "maxiter": per_maxiter,
                 "compile_ratio": high["compile_s"] / low["compile_s"],
                 "lower_ratio": high["lower_s"] / low["lower_s"],
+                "seeds": per_seeds,
+                "seeds_compile_ratio": many["compile_s"] / one["compile_s"],
             }
     return results
 
@@ -138,7 +159,8 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
             "dataset": "digits",
             "eps": EPS,
             "maxiters": list(MAXITERS),
-            "solvers": list(solvers),
+            "solvers": {name: flatmin.solvers.solver_to_json(SOLVERS[name]) for name in solvers},
+            "solve_seeds": list(SOLVE_SEEDS),
             "subspace_dim": SUBSPACE_DIM,
             "epoch_seeds": list(seeds),
             "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
@@ -165,6 +187,7 @@ def tables(results: dict) -> str:
                     f"compile_{high}": b["compile_s"],
                     "compile_ratio": entry["compile_ratio"],
                     "lower_ratio": entry["lower_ratio"],
+                    f"compile_S{SOLVE_SEEDS[-1]}/S{SOLVE_SEEDS[0]}": entry["seeds_compile_ratio"],
                 }
             )
     epoch_rows = [
@@ -183,7 +206,8 @@ def tables(results: dict) -> str:
             )
     return "\n\n".join(
         [
-            f"Sharpness solve: lower / compile seconds (medians), ratios = maxiter {high} / {low}",
+            f"Sharpness solve: lower / compile seconds (medians), ratios = maxiter {high} / {low}"
+            f" and vmapped over S = {SOLVE_SEEDS[-1]} / {SOLVE_SEEDS[0]} seeds",
             format_table(list(rows[0]), rows),
             "Training epoch: lower / compile seconds (medians)",
             format_table(["program", "S", "lower_s", "compile_s"], epoch_rows),

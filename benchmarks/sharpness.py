@@ -1,34 +1,34 @@
 """Benchmark of `flatmin.sharpness` (Metric 2.1) against its floor and the paper's scipy route.
 
-For each problem (a trained MLP on digits; an F1-sized MLP on synthetic MNIST-shaped data) and
-each space (the full parameter space; a p = 100 Gaussian subspace), with eps = 1e-3 and
-maxiter = 10, it measures:
+    python benchmarks/sharpness.py [--json PATH] [--repeats N] [--quick]
 
-* each solver's run time (compile timed apart: lower and compile seconds), and the loss and
-  gradient evaluations it made, counted on the device (see `EvalCounter`);
-* the floor: one full-training-set `value_and_grad`, timed alone, times (maxiter + 1); the
-  overhead is solve time / floor;
-* the paper's route: `scipy.optimize.fmin_l_bfgs_b` driving the same jitted loss and gradient
-  from Python in float64, from y = 0; speedup = scipy time / flatmin time and value ratio =
-  flatmin value / scipy value, flatmin started at y = 0 too (init="zero");
-* restarts = 1, 4, 16 solved at once (vmapped): time per restart.
+Problems: the digits MLP (3x512, batch norm) and F1 (784-512x5-10) on synthetic MNIST-shaped
+data, each trained for SEEDS seeds with `flatmin.train_seeds`; f is `flatmin.make_loss_fn`
+(evaluation mode, the whole training set). Spaces: the full space and a p = 100 Gaussian
+subspace. eps = 1e-3, maxiter 10. Timed interleaved, repeat by repeat (ratios are medians of
+per-repeat ratios):
 
-Run `python benchmarks/sharpness.py [--json PATH] [--repeats N] [--quick]`.
+* floor: (maxiter + 1) value-and-gradient calls of f, each run to completion; "floor in y" the
+  same of y -> f(x + A y), which prices a subspace's (n, p) products too;
+* box: `flatmin.box_radius` (A^+ x);
+* scipy: `flatmin.reference.scipy_sharpness`, the authors' route (fmin_l_bfgs_b from y = 0,
+  defaults, maxiter 10), its box computed beforehand and added;
+* each solver of SOLVERS through `flatmin.solve_sharpness(..., init="zero")` (scipy's start),
+  its evaluations as the result reports them (tests/test_solvers.py checks those counts
+  against a host callback).
+
+Then, full space: SEEDS seeds vmapped through `flatmin.seed_sharpness` against the same seeds
+one after another (`seeds_per_solve=1`), and L-BFGS-B restarts solved at once.
 """
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import scipy.optimize
-import threadpoolctl
 from _timing import (
     benchmark_parser,
     compiled,
@@ -38,493 +38,222 @@ from _timing import (
     paired,
     parse_benchmark_args,
     report,
-    timed,
     timed_together,
 )
 from jax.flatten_util import ravel_pytree
 
 import flatmin
-from flatmin.data import load_dataset
-from flatmin.models import build_model, init_variables
+from flatmin.reference import scipy_sharpness
+from flatmin.solvers import solver_to_json
 
 EPS = 1e-3
 MAXITER = 10
 SUBSPACE_DIM = 100
-SOLVERS = ("lbfgsb", "projected_gradient")
+SOLVERS = {
+    "lbfgsb": flatmin.LBFGSB(maxiter=MAXITER),
+    "paper": flatmin.LBFGSB.paper(maxiter=MAXITER),
+    "projected_gradient": flatmin.ProjectedGradient(maxiter=MAXITER),
+}
+SEEDS = 5
 RESTARTS = (1, 4, 16)
-QUICK_RESTARTS = (1, 2)
-
-PyTree = Any
-Loss = Callable[[PyTree], jax.Array]
+QUICK = {"seeds": 2, "restarts": (1, 2)}
 
 
 class Problem(NamedTuple):
-    """A loss of the parameters alone (data and batch_stats closed over) and its minimiser."""
+    """SEEDS trained seeds of one network, and seed 0's f and parameters."""
 
     name: str
-    loss: Loss
-    params: PyTree
+    model: Any
+    variables: dict  # stacked over seeds
+    x: jax.Array
+    y: jax.Array
+    loss: Callable[[Any], jax.Array]
+    params: Any
     sizes: dict
 
 
-# --- problems -----------------------------------------------------------------------------------
-
-
-def _train_mlp(
-    hidden: Sequence[int],
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    steps: int,
-    batch_size: int,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-) -> tuple[Loss, PyTree, dict]:
-    """Trains an MLP with Adam on minibatches; returns the eval-mode loss, params and sizes.
-
-    The loss is the mean cross-entropy over all of (x, y) with train=False (running
-    batch_stats), a function of the params only.
-    """
-    model = build_model("mlp", 10, hidden=tuple(hidden))
-    variables = init_variables(model, jax.random.key(seed), x.shape[1:])
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    optimizer = optax.adam(learning_rate)
-    opt_state = optimizer.init(params)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-
-    @jax.jit
-    def step(params, batch_stats, opt_state, xb, yb):
-        def batch_loss(p):
-            logits, updates = model.apply(
-                {"params": p, "batch_stats": batch_stats},
-                xb,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-            return ce, updates["batch_stats"]
-
-        (_, batch_stats), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state
-
-    rng = np.random.default_rng(seed)
+def _problem(name: str, data: flatmin.Dataset, hidden, batch: int, epochs: int, seeds: int):
+    model = flatmin.build_model("mlp", data.num_classes, hidden=tuple(hidden))
+    # The data set is passed in; the config's name only labels it (synthetic data as mnist).
+    dataset = data.name if data.name in flatmin.data.DATASETS else "mnist"
+    config = flatmin.TrainConfig(
+        model="mlp", model_kwargs={"hidden": tuple(hidden)}, dataset=dataset,
+        batch_size=batch, epochs=epochs,
+    )  # fmt: skip
     start = time.perf_counter()
-    for _ in range(steps):
-        idx = rng.choice(x.shape[0], size=min(batch_size, x.shape[0]), replace=False)
-        params, batch_stats, opt_state = step(params, batch_stats, opt_state, x[idx], y[idx])
-    jax.block_until_ready(params)
-    train_s = time.perf_counter() - start
-
-    def loss(p: PyTree) -> jax.Array:
-        logits = model.apply({"params": p, "batch_stats": batch_stats}, x, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
+    trained = flatmin.train_seeds(config, jax.random.split(jax.random.key(0), seeds), data)
+    seconds = time.perf_counter() - start
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    first = jax.tree.map(lambda leaf: leaf[0], trained.variables)
+    loss = flatmin.make_loss_fn(model, first["batch_stats"], x, y)
     sizes = {
         "architecture": f"{int(np.prod(x.shape[1:]))}-{'-'.join(map(str, hidden))}-10",
-        "hidden": list(hidden),
-        "batch_norm": True,
-        "n_params": int(ravel_pytree(params)[0].size),
+        "n_params": int(ravel_pytree(first["params"])[0].size),
         "n_examples": int(x.shape[0]),
-        "input_shape": list(x.shape[1:]),
-        "train_steps": steps,
-        "train_batch_size": batch_size,
-        "train_seconds": train_s,
-        "train_loss_eval_mode": float(jax.jit(loss)(params)),
+        "train": {"batch_size": batch, "epochs": epochs, "seeds": seeds, "seconds": seconds},
+        "final_train_loss": [float(v) for v in trained.history.train_loss[:, -1]],
     }
-    return loss, params, sizes
+    return Problem(name, model, trained.variables, x, y, loss, first["params"], sizes)
 
 
-def digits_problem(hidden: Sequence[int], steps: int) -> Problem:
-    """The small MLP on the digits training set (1437 images, 8x8x1), trained briefly."""
-    data = load_dataset("digits")
-    loss, params, sizes = _train_mlp(
-        hidden, data.x_train, data.y_train, steps=steps, batch_size=128
-    )
-    return Problem("mlp_digits", loss, params, sizes | {"data": "digits (sklearn) train split"})
+def digits_problem(hidden: Sequence[int], epochs: int, seeds: int) -> Problem:
+    """The MLP on scikit-learn's digits (1437 training images, 8x8x1), Adam, batch 128."""
+    data = flatmin.load_dataset("digits")
+    return _problem("mlp_digits", data, hidden, 128, epochs, seeds)
 
 
-def synthetic_f1_problem(n_examples: int, steps: int, seed: int = 0) -> Problem:
-    """F1 (784-512x5-10, BatchNorm) on synthetic MNIST-shaped data, trained briefly.
-
-    Images are uniform on [0, 1], (n_examples, 28, 28, 1); labels come from a random linear
-    teacher, argmax(x W) with W standard normal (784, 10), so they are learnable. For timing only.
-    """
-    rng = np.random.default_rng(seed)
+def synthetic_f1_problem(n_examples: int, epochs: int, seeds: int) -> Problem:
+    """F1 on synthetic MNIST-shaped data: images uniform on [0, 1] (n, 28, 28, 1), labels
+    argmax(x W) for a fixed W ~ N(0, 1) (784, 10), learnable. For timing only."""
+    rng = np.random.default_rng(0)
     x = rng.random((n_examples, 28, 28, 1), dtype=np.float32)
     teacher = rng.standard_normal((28 * 28, 10)).astype(np.float32)
     y = np.argmax(x.reshape(n_examples, -1) @ teacher, axis=1).astype(np.int32)
-    loss, params, sizes = _train_mlp((512,) * 5, x, y, steps=steps, batch_size=256, seed=seed)
-    data = "synthetic: uniform [0,1] 28x28x1 images, labels argmax(x W), W ~ N(0,1) (784,10)"
-    return Problem("f1_synthetic", loss, params, sizes | {"data": data})
+    data = flatmin.Dataset(x, y, x[:256], y[:256], 10, "synthetic")
+    problem = _problem("f1_synthetic", data, (512,) * 5, 256, epochs, seeds)
+    problem.sizes["data"] = "synthetic: uniform [0,1] 28x28x1, labels argmax(x W), W ~ N(0,1)"
+    return problem
 
 
-# --- evaluation counting ------------------------------------------------------------------------
+def _solve_fn(problem: Problem, solver, restarts: int = 1, init: str = "zero") -> Callable:
+    """(params, A) -> SharpnessResult without y, through the public API."""
 
-
-class EvalCounter:
-    """Counts loss evaluations (forward passes) and gradient evaluations (backward passes).
-
-    `wrap(loss)` returns the same function as a `jax.custom_vjp` whose primal and forward rules
-    fire `jax.debug.callback`s, and whose backward rule fires its own: the counts are of
-    evaluations in the compiled program as it runs, under jit, vmap and loops.
-
-    Two counts of each: "calls" fire once per evaluation in the program (a vmapped evaluation
-    of R points counts once), "evals" once per point (the callback takes the loss value, which
-    is batched under vmap, so JAX unrolls it over the R points). Outside vmap they agree.
-    """
-
-    KEYS = ("forward_calls", "forward_evals", "grad_calls", "grad_evals")
-
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(self.KEYS, 0)
-
-    def _bump(self, key: str) -> Callable[..., None]:
-        def bump(*_: Any) -> None:
-            self.counts[key] += 1
-
-        return bump
-
-    def _fire(self, kind: str, value: jax.Array) -> None:
-        jax.debug.callback(self._bump(f"{kind}_calls"))
-        jax.debug.callback(self._bump(f"{kind}_evals"), value)
-
-    def wrap(self, loss: Loss) -> Loss:
-        """`loss` with its forward and backward passes counted."""
-
-        @jax.custom_vjp
-        def counted(params):
-            value = loss(params)
-            self._fire("forward", value)
-            return value
-
-        def forward(params):
-            value, vjp = jax.vjp(loss, params)
-            self._fire("forward", value)
-            return value, (vjp, value)
-
-        def backward(residuals, cotangent):
-            vjp, value = residuals
-            self._fire("grad", value)
-            return vjp(cotangent)
-
-        counted.defvjp(forward, backward)
-        return counted
-
-    def count(self, fn: Callable[..., Any], *args: Any) -> dict:
-        """Runs `fn(*args)` once and returns the evaluations it made."""
-        self.counts = dict.fromkeys(self.KEYS, 0)
-        jax.block_until_ready(fn(*args))
-        jax.effects_barrier()
-        return dict(self.counts)
-
-
-def counter_self_check(problem: Problem) -> dict:
-    """The counter on known programs: jit(value_and_grad) is 1+1, vmapped over 3 it is 3+3."""
-    counter = EvalCounter()
-    loss = counter.wrap(problem.loss)
-    batched = jax.tree.map(lambda a: jnp.stack([a, a, a]), problem.params)
-    return {
-        "jit_value_and_grad": counter.count(jax.jit(jax.value_and_grad(loss)), problem.params),
-        "jit_loss": counter.count(jax.jit(loss), problem.params),
-        "jit_vmap3_value_and_grad": counter.count(
-            jax.jit(jax.vmap(jax.value_and_grad(loss))), batched
-        ),
-    }
-
-
-# --- the measurements ---------------------------------------------------------------------------
-
-
-def _sharpness_fn(loss: Loss, solver: str, restarts: int = 1, init: str = "zero") -> Callable:
-    """(params, A) -> phi through the public API; A is an argument, never a baked constant."""
-
-    def fn(params: PyTree, A: jax.Array | None) -> jax.Array:
-        return flatmin.sharpness(
-            loss, params, A, EPS, solver=solver, maxiter=MAXITER, restarts=restarts, init=init
+    def fn(params, A):
+        result = flatmin.solve_sharpness(
+            problem.loss, params, A, EPS, solver=solver, restarts=restarts, init=init
         )
+        return result._replace(y=None)
 
     return fn
 
 
-def _ratio(a: float, b: float) -> float | None:
-    """a / b, or None where that is not a finite number."""
-    return a / b if b != 0 and math.isfinite(a / b) else None
-
-
-class Floor(NamedTuple):
-    """The floor's standalone timings, and its value_and_grad compiled for interleaved use."""
-
-    timings: dict
-    value_and_grad: Callable[[PyTree], tuple[jax.Array, PyTree]]
-
-
-def floor_timing(problem: Problem, repeats: int) -> Floor:
-    """One full-training-set value_and_grad, and one forward, compiled and each timed alone."""
-    vg, vg_compile = compiled(jax.value_and_grad(problem.loss), problem.params)
-    fwd, fwd_compile = compiled(problem.loss, problem.params)
-    vg_time = timed(vg, problem.params, repeats=repeats)
-    fwd_time = timed(fwd, problem.params, repeats=repeats)
-    timings = {
-        "value_and_grad": vg_time | vg_compile,
-        "forward": fwd_time | fwd_compile,
-        "floor_s": (MAXITER + 1) * vg_time["median_s"],
-        "floor_definition": (
-            "(maxiter + 1) value_and_grad calls, each run to completion; here (maxiter + 1) "
-            "times the median of single calls, per space also timed as one block of "
-            "(maxiter + 1) calls interleaved with the solves (spaces/*/floor)"
-        ),
-    }
-    return Floor(timings, vg)
-
-
-def _calls(fn: Callable[..., Any], args: tuple, times: int) -> Callable[[], None]:
-    """Runs fn(*args) `times` times, each to completion: a floor of `times` evaluations."""
+def _evaluations(fn: Callable, times: int) -> Callable[[], None]:
+    """Runs fn() `times` times, each to completion."""
 
     def run() -> None:
         for _ in range(times):
-            jax.block_until_ready(fn(*args))
+            jax.block_until_ready(fn())
 
     return run
 
 
-def solver_details(problem: Problem, A: jax.Array | None, solver: str, fn: Callable) -> dict:
-    """Values at init="zero" (the compiled `fn`) and "random", and the counted evaluations."""
-    value_random = jax.jit(_sharpness_fn(problem.loss, solver, init="random"))(problem.params, A)
-    counter = EvalCounter()
-    evaluations = counter.count(
-        _sharpness_fn(counter.wrap(problem.loss), solver), problem.params, A
-    )
-    return {
-        "value_init_zero": float(fn(problem.params, A)),
-        "value_init_random": float(value_random),
-        "evaluations": evaluations,
-    }
-
-
-class ScipyRoute(NamedTuple):
-    """The paper's route, compiled: `solve()` runs one scipy solve from y = 0."""
-
-    solve: Callable[[], dict]
-    neg_f: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
-    value_and_grad: Callable[..., tuple[jax.Array, jax.Array]]  # compiled, of neg_f
-    args: tuple  # (y = 0, x, A) for value_and_grad
-    radius: np.ndarray
-    compile_times: dict
-
-
-def scipy_route(loss: Loss, params: PyTree, A: jax.Array | None, radius: np.ndarray) -> ScipyRoute:
-    """scipy's fmin_l_bfgs_b (default settings but maxiter) on -f(x + A y) from y = 0.
-
-    The box is +-radius, radius = eps (|A^+ x| + 1) computed beforehand (timed on its own and
-    added, see `bench_space`). Value and gradient come from one jitted function and are
-    converted to float64 NumPy on every call; f(x), which the metric needs, is part of `solve`.
-    """
-    x, unravel = ravel_pytree(params)
-
-    def neg_f(y: jax.Array, x: jax.Array, A: jax.Array | None) -> jax.Array:
-        return -loss(unravel(x + (y if A is None else A @ y)))
-
-    y0 = jnp.zeros(radius.shape, x.dtype)
-    value_and_grad, compile_times = compiled(jax.value_and_grad(neg_f), y0, x, A)
-    loss_at, _ = compiled(loss, params)
-    bounds = np.stack([-radius, radius], axis=1)
-
-    def fun(y64: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = value_and_grad(jnp.asarray(y64, x.dtype), x, A)
-        return float(value), np.asarray(grad, np.float64)
-
-    def solve() -> dict:
-        y, neg_max, info = scipy.optimize.fmin_l_bfgs_b(
-            fun, np.zeros(radius.shape), bounds=bounds, maxiter=MAXITER
-        )
-        return {"y": y, "neg_max": float(neg_max), "info": info, "loss": float(loss_at(params))}
-
-    return ScipyRoute(solve, neg_f, value_and_grad, (y0, x, A), radius, compile_times)
-
-
-def scipy_details(problem: Problem, A: jax.Array | None, route: ScipyRoute) -> dict:
-    """One more scipy solve: its phi recomputed at its y clipped to the box, its counted calls."""
-    out = route.solve()
-    x, _ = ravel_pytree(problem.params)
-    radius = route.radius
-    y = jnp.asarray(np.clip(out["y"], -radius, radius), x.dtype)
-    max_loss = -float(jax.jit(route.neg_f)(y, x, A))
-    counter = EvalCounter()
-    evaluations = counter.count(
-        scipy_route(counter.wrap(problem.loss), problem.params, A, radius).solve
-    )
-    info = out["info"]
-    return {
-        **route.compile_times,
-        "value": (max_loss - out["loss"]) / (1 + out["loss"]) * 100,
-        "max_loss": max_loss,
-        "max_loss_as_returned": -out["neg_max"],
-        "loss": out["loss"],
-        "nit": int(info["nit"]),
-        "funcalls": int(info["funcalls"]),
-        "warnflag": int(info["warnflag"]),
-        "task": str(info["task"]),
-        "evaluations": evaluations,
-    }
-
-
-def restart_timing(
-    problem: Problem,
-    A: jax.Array | None,
-    solver: str,
-    restarts: Sequence[int],
-    single: Callable,
-    repeats: int,
-) -> dict:
-    """Vmapped restarts, timed interleaved with `single` (the compiled restarts=1 solve): run
-    time, time per restart against single's (repeat by repeat), value, counted evaluations."""
-    calls, out = {}, {}
-    for R in restarts:
-        fn, compile_times = (
-            (single, {})
-            if R == 1
-            else compiled(_sharpness_fn(problem.loss, solver, restarts=R), problem.params, A)
-        )
-        counter = EvalCounter()
-        evaluations = counter.count(
-            _sharpness_fn(counter.wrap(problem.loss), solver, restarts=R), problem.params, A
-        )
-        calls[str(R)] = (fn, (problem.params, A))
-        out[str(R)] = {
-            **compile_times,
-            "value": float(fn(problem.params, A)),
-            "evaluations": evaluations,
-        }
-    times = timed_together(calls, repeats=repeats)
-    for R, entry in out.items():
-        entry["run"] = times[R]
-        entry["per_restart_s"] = times[R]["median_s"] / int(R)
-        entry["per_restart_vs_single"] = paired(
-            lambda t, t1, R=int(R): t / R / t1, times[R], times["1"]
-        )
-        log(f"  {solver} restarts={R}: median {entry['per_restart_s']:.4g} s per restart")
-    return out
-
-
-def bench_space(
-    problem: Problem,
-    A: jax.Array | None,
-    floor: Floor,
-    repeats: int,
-    solvers: Sequence[str] = SOLVERS,
-    restarts: Sequence[int] = (),
-    restart_solvers: Sequence[str] = (),
-) -> dict:
-    """Everything for one (problem, space), timed interleaved so ratios are repeat by repeat.
-
-    Timed: the floor ((maxiter + 1) value_and_grad calls of f in params), the floor in y (the
-    same of y -> f(x + A y), which also prices a subspace's (n, p) products), the box
-    (flatmin.box_radius: least squares for A^+ x), the scipy route (box precomputed), and each
-    solver. Ratios (median over repeats of the per-repeat ratio): `overhead` = flatmin / floor;
-    `overhead_excluding_box` = (flatmin - box) / floor; `overhead_vs_floor_in_y` = (flatmin -
-    box) / floor in y; `speedup_vs_scipy` = (scipy + box) / flatmin, both sides computing the box
-    once; `speedup_vs_scipy_excluding_box` = scipy / (flatmin - box). Then values, counted
-    evaluations, and restarts for `restart_solvers`.
-    """
+def bench_space(problem: Problem, A: jax.Array | None, repeats: int) -> dict:
+    """Floor, floor in y, box, scipy and every solver, timed interleaved; values and ratios."""
     params = problem.params
-    n = int(ravel_pytree(params)[0].size)
-    log(f"{problem.name}, {'full space' if A is None else f'p = {A.shape[1]}'}: compiling")
-    box_fn, box_compile = compiled(lambda p, A: flatmin.box_radius(p, A, EPS), params, A)
-    route = scipy_route(problem.loss, params, A, np.asarray(box_fn(params, A), np.float64))
-    solves = {
-        solver: compiled(_sharpness_fn(problem.loss, solver), params, A) for solver in solvers
-    }
+    x, unravel = ravel_pytree(params)
+    label = "full space" if A is None else f"p = {A.shape[1]}"
+    log(f"{problem.name}, {label}: compiling")
+    value_and_grad, vg_compile = compiled(jax.value_and_grad(problem.loss), params)
+    y0 = jnp.zeros(x.shape if A is None else A.shape[1:], x.dtype)
+
+    def f_of_y(yv, A):
+        return problem.loss(unravel(x + (yv if A is None else A @ yv)))
+
+    vg_in_y, _ = compiled(jax.value_and_grad(f_of_y), y0, A)
+    box, box_compile = compiled(lambda p, A: flatmin.box_radius(p, A, EPS), params, A)
+    solves = {name: compiled(_solve_fn(problem, s), params, A) for name, s in SOLVERS.items()}
+    reference = scipy_sharpness(problem.loss, params, A, EPS, maxiter=MAXITER)  # compiles too
     calls = {
-        "floor": (_calls(floor.value_and_grad, (params,), MAXITER + 1), ()),
-        "floor_in_y": (_calls(route.value_and_grad, route.args, MAXITER + 1), ()),
-        "box": (box_fn, (params, A)),
-        "scipy": (route.solve, ()),
-        **{solver: (fn, (params, A)) for solver, (fn, _) in solves.items()},
+        "floor": (_evaluations(lambda: value_and_grad(params), MAXITER + 1), ()),
+        "floor_in_y": (_evaluations(lambda: vg_in_y(y0, A), MAXITER + 1), ()),
+        "box": (box, (params, A)),
+        # scipy_sharpness computes the box itself: speedups compare whole solves.
+        "scipy": (lambda: scipy_sharpness(problem.loss, params, A, EPS, maxiter=MAXITER), ()),
+        **{name: (fn, (params, A)) for name, (fn, _) in solves.items()},
     }
     log(f"  timing {', '.join(calls)} interleaved, {repeats} repeats")
     t = timed_together(calls, repeats=repeats)
     log("  " + ", ".join(f"{name} {t[name]['median_s']:.4g} s" for name in calls))
-    result: dict = {
-        "p": n if A is None else int(A.shape[1]),
-        "floor": t["floor"],
+    out: dict = {
+        "p": int(x.size) if A is None else int(A.shape[1]),
+        "floor": t["floor"] | vg_compile,
         "floor_in_y": t["floor_in_y"],
         "box_radius": t["box"] | box_compile,
-        "scipy": {"run": t["scipy"], **scipy_details(problem, A, route)},
+        "scipy": {"run": t["scipy"], **reference._replace(y=None)._asdict()},
         "solvers": {},
     }
-    scipy_value = result["scipy"]["value"]
-    for solver, (fn, compile_times) in solves.items():
-        entry = {**compile_times, "run": t[solver], **solver_details(problem, A, solver, fn)}
-        s = t[solver]
-        entry |= {
+    for name, (fn, compile_times) in solves.items():
+        result = fn(params, A)
+        s = t[name]
+        out["solvers"][name] = {
+            "solver": solver_to_json(SOLVERS[name]),
+            "run": s,
+            **compile_times,
+            "value": float(result.value),
+            "num_steps": int(result.num_steps),
+            "num_evaluations": int(result.num_evaluations),
+            "projected_grad_start": float(result.projected_grad_start),
             "overhead": paired(lambda a, f: a / f, s, t["floor"]),
-            "overhead_excluding_box": paired(lambda a, b, f: (a - b) / f, s, t["box"], t["floor"]),
             "overhead_vs_floor_in_y": paired(
                 lambda a, b, f: (a - b) / f, s, t["box"], t["floor_in_y"]
             ),
-            "speedup_vs_scipy": paired(lambda a, sc, b: (sc + b) / a, s, t["scipy"], t["box"]),
-            "speedup_vs_scipy_excluding_box": paired(
-                lambda a, sc, b: sc / (a - b), s, t["scipy"], t["box"]
+            "speedup_vs_scipy": paired(lambda a, sc: sc / a, s, t["scipy"]),
+            "value_ratio_vs_scipy": (
+                float(result.value) / reference.value if reference.value > 0 else None
             ),
-            "value_ratio_vs_scipy": _ratio(entry["value_init_zero"], scipy_value),
         }
-        result["solvers"][solver] = entry
-    result["restarts"] = {
-        solver: restart_timing(problem, A, solver, restarts, solves[solver][0], repeats)
-        for solver in restart_solvers
+    return out
+
+
+def bench_seeds(problem: Problem, repeats: int) -> dict:
+    """flatmin.seed_sharpness, full space, default solver: all seeds in one vmapped solve
+    against one seed after another (seeds_per_solve=1), both through the library."""
+    num_seeds = jax.tree.leaves(problem.variables)[0].shape[0]
+    key = jax.random.key(1)
+
+    def solve(group: int) -> Callable[[], Any]:
+        return lambda: flatmin.seed_sharpness(
+            problem.model, problem.variables, problem.x, problem.y, None, EPS, key=key,
+            seeds_per_solve=group,
+        ).value  # fmt: skip
+
+    together, alone = solve(num_seeds), solve(1)
+    values = {"vmapped": together(), "one_at_a_time": alone()}  # compiles both
+    t = timed_together({"vmapped": (together, ()), "one_at_a_time": (alone, ())}, repeats=repeats)
+    ratio = paired(lambda v, s: v / s, t["vmapped"], t["one_at_a_time"])
+    log(f"  {num_seeds} seeds vmapped / one at a time: {ratio['median']:.3g}")
+    return {
+        "seeds": num_seeds,
+        "run": t,
+        "vmapped_over_sequential": ratio,
+        "values": {k: [float(v) for v in vals] for k, vals in values.items()},
+        "max_relative_difference": float(
+            np.max(np.abs(values["vmapped"] - values["one_at_a_time"]) / values["one_at_a_time"])
+        ),
     }
-    for per_r in result["restarts"].values():
-        for entry in per_r.values():
-            entry["value_ratio_vs_scipy"] = _ratio(entry["value"], scipy_value)
-    return result
 
 
-class Case(NamedTuple):
-    """A problem to build, its solvers, and the (space, solver) pairs whose restarts are timed."""
-
-    make: Callable[[], Problem]
-    solvers: tuple[str, ...]
-    restarts_in: tuple[tuple[str, str], ...]
-
-
-# Restarts cost R solves each, so they are timed on the small MLP only: with projected gradient
-# in the full space (the loss alone: 16 restarts take ~16 s per repeat on 2 cores) and with
-# L-BFGS-B at p = 100 (one least-squares box for all R; vertices are local maxima there, so
-# restarts raise the value). Not L-BFGS-B in the full space: its Cauchy-point search is a
-# sequential while_loop over breakpoints (~13,000 at the first iteration on this MLP) that slows
-# down superlinearly under vmap (exploratory: 7 s at R = 1, 140-170 s at R = 4), an hour at 16.
-# The quick case (smoke test) keeps one solver: compiling dominates it.
-CASES = (
-    Case(
-        partial(digits_problem, (512, 512, 512), steps=300),
-        SOLVERS,
-        (("full", "projected_gradient"), ("p100", "lbfgsb")),
-    ),
-    Case(partial(synthetic_f1_problem, 2048, steps=100), SOLVERS, ()),
-)
-QUICK_CASES = (
-    Case(
-        partial(digits_problem, (16,), steps=10),
-        ("projected_gradient",),
-        (("p100", "projected_gradient"),),
-    ),
-)
+def bench_restarts(problem: Problem, A, restarts: Sequence[int], repeats: int) -> dict:
+    """L-BFGS-B with R random starts solved at once (vmapped), per-restart time against R = 1."""
+    calls, out = {}, {}
+    for R in restarts:
+        fn, compile_times = compiled(
+            _solve_fn(problem, SOLVERS["lbfgsb"], restarts=R, init="random"), problem.params, A
+        )
+        calls[str(R)] = (fn, (problem.params, A))
+        out[str(R)] = {**compile_times, "value": float(fn(problem.params, A).value)}
+    times = timed_together(calls, repeats=repeats)
+    for R, entry in out.items():
+        entry["run"] = times[R]
+        entry["per_restart_vs_single"] = paired(
+            lambda t, t1, R=int(R): t / R / t1, times[R], times[str(restarts[0])]
+        )
+    return out
 
 
-def run(quick: bool = False, repeats: int = 5, blas_threads: int | None = None) -> dict:
-    """Runs the benchmark and returns the results; `quick`: a tiny MLP on digits only.
-
-    `blas_threads` caps the BLAS/LAPACK threads (OpenBLAS, which also serves JAX's CPU
-    least squares) for the whole run; None leaves them as they are.
-    """
-    with threadpoolctl.threadpool_limits(blas_threads, user_api="blas"):
-        return _run(quick, repeats, blas_threads)
-
-
-def _run(quick: bool, repeats: int, blas_threads: int | None) -> dict:
+def run(quick: bool = False, repeats: int = 5) -> dict:
+    """Runs the benchmark; `quick`: a tiny MLP on digits, 2 seeds (the smoke test)."""
     started = time.perf_counter()
-    cases, restarts = (QUICK_CASES, QUICK_RESTARTS) if quick else (CASES, RESTARTS)
+    seeds = QUICK["seeds"] if quick else SEEDS
+    restarts = QUICK["restarts"] if quick else RESTARTS
+    makers = (
+        [lambda: digits_problem((16,), epochs=2, seeds=seeds)]
+        if quick
+        else [
+            lambda: digits_problem((512, 512, 512), epochs=27, seeds=seeds),
+            lambda: synthetic_f1_problem(2048, epochs=12, seeds=seeds),
+        ]
+    )
     results: dict = {
         "benchmark": "sharpness",
         "environment": environment(),
@@ -532,134 +261,94 @@ def _run(quick: bool, repeats: int, blas_threads: int | None) -> dict:
             "eps": EPS,
             "maxiter": MAXITER,
             "subspace": {"p": SUBSPACE_DIM, "distribution": "gaussian", "normalize": False},
+            "solvers": {name: solver_to_json(s) for name, s in SOLVERS.items()},
+            "seeds": seeds,
             "restarts": list(restarts),
             "repeats": repeats,
-            "warmup": 1,
             "quick": quick,
-            "blas_threads": blas_threads,
-            "flatmin_init": "zero for every timing and ratio; value_init_random: the default",
-            "scipy": "fmin_l_bfgs_b defaults (m=10, factr=1e7, pgtol=1e-5), maxiter=10, y0=0",
-            "evaluation_counts": (
-                "counted on the device with jax.debug.callback in a custom_vjp wrapper of the "
-                "loss, on the same program as timed; *_evals count points (a vmapped call of R "
-                "points counts R), *_calls count evaluations in the program (a vmapped call "
-                "counts once)"
-            ),
+            "init": "zero for every timed solve (scipy's start); restarts: random",
         },
         "problems": {},
     }
-    for case in cases:
-        problem = case.make()
-        floor = floor_timing(problem, repeats)
-        log(f"{problem.name}: n = {problem.sizes['n_params']}, trained, floor timed")
-        spaces = {
-            "full": None,
-            f"p{SUBSPACE_DIM}": flatmin.random_subspace(
-                jax.random.key(1), problem.params, SUBSPACE_DIM
-            ),
-        }
-        results["problems"][problem.name] = {
+    for make in makers:
+        problem = make()
+        log(f"{problem.name}: n = {problem.sizes['n_params']}, {seeds} seeds trained")
+        subspace = flatmin.random_subspace(jax.random.key(1), problem.params, SUBSPACE_DIM)
+        spaces = {"full": None, f"p{SUBSPACE_DIM}": subspace}
+        entry = {
             "sizes": problem.sizes,
-            "solvers": list(case.solvers),
-            "counter_check": counter_self_check(problem),
-            "floor": floor.timings,
-            "spaces": {
-                space: bench_space(
-                    problem,
-                    A,
-                    floor,
-                    repeats,
-                    case.solvers,
-                    restarts,
-                    [solver for where, solver in case.restarts_in if where == space],
-                )
-                for space, A in spaces.items()
-            },
+            "spaces": {space: bench_space(problem, A, repeats) for space, A in spaces.items()},
+            "seeds": bench_seeds(problem, repeats),
         }
+        if problem.name == "mlp_digits":
+            entry["restarts"] = {
+                space: bench_restarts(problem, A, restarts, repeats) for space, A in spaces.items()
+            }
+        results["problems"][problem.name] = entry
     results["environment"]["load_average_end"] = list(os.getloadavg())
     results["total_seconds"] = time.perf_counter() - started
     return results
 
 
-# --- report -------------------------------------------------------------------------------------
-
-
 def tables(results: dict) -> str:
-    """The figures as two plain-text tables: solves, then restarts. Ratios are medians over
-    repeats of per-repeat ratios (interleaved timing)."""
-    solves, restarts = [], []
+    """Solves (per problem, space, route), then seeds and restarts, as plain-text tables."""
+    solves, seeds, restarts = [], [], []
     for name, problem in results["problems"].items():
         for space, res in problem["spaces"].items():
             key = {"problem": name, "space": space}
-            floor_s, box_s = res["floor"]["median_s"], res["box_radius"]["median_s"]
-            solves += [
+            solves.append(key | {"route": "floor", "median_s": res["floor"]["median_s"]})
+            solves.append(
                 key
-                | {"route": "floor", "median_s": floor_s, "/floor": 1.0}
-                | {"fwd": MAXITER + 1, "grad": MAXITER + 1},
-                key
-                | {"route": "floor in y", "median_s": res["floor_in_y"]["median_s"]}
-                | {"/floor": res["floor_in_y"]["median_s"] / floor_s, "/floor-y": 1.0},
-                key | {"route": "box (A^+x)", "median_s": box_s, "/floor": box_s / floor_s},
-                key
-                | {
-                    "route": "scipy (no box)",
-                    "median_s": res["scipy"]["run"]["median_s"],
-                    "/floor": res["scipy"]["run"]["median_s"] / floor_s,
-                    "fwd": res["scipy"]["evaluations"]["forward_evals"],
-                    "grad": res["scipy"]["evaluations"]["grad_evals"],
-                    "phi(zero)": res["scipy"]["value"],
-                },
-            ]
+                | {"route": "scipy", "median_s": res["scipy"]["run"]["median_s"]}
+                | {"evals": res["scipy"]["num_evaluations"], "phi": res["scipy"]["value"]}
+            )
             for solver, e in res["solvers"].items():
                 solves.append(
                     key
                     | {
                         "route": solver,
                         "median_s": e["run"]["median_s"],
-                        "min_s": e["run"]["min_s"],
                         "/floor": e["overhead"]["median"],
-                        "-box/floor": e["overhead_excluding_box"]["median"],
                         "-box/floor-y": e["overhead_vs_floor_in_y"]["median"],
-                        "fwd": e["evaluations"]["forward_evals"],
-                        "grad": e["evaluations"]["grad_evals"],
-                        "phi(zero)": e["value_init_zero"],
-                        "phi(random)": e["value_init_random"],
+                        "evals": e["num_evaluations"],
+                        "phi": e["value"],
                         "speedup": e["speedup_vs_scipy"]["median"],
-                        "speedup-box": e["speedup_vs_scipy_excluding_box"]["median"],
                         "value_ratio": e["value_ratio_vs_scipy"],
                     }
                 )
-            for solver, per_r in res["restarts"].items():
-                for R, e in per_r.items():
-                    restarts.append(
-                        key
-                        | {
-                            "solver": solver,
-                            "R": R,
-                            "median_s": e["run"]["median_s"],
-                            "per_restart_s": e["per_restart_s"],
-                            "vs_R1": e["per_restart_vs_single"]["median"],
-                            "phi": e["value"],
-                            "value_ratio": e["value_ratio_vs_scipy"],
-                        }
-                        | {k: e["evaluations"][k] for k in EvalCounter.KEYS}
-                    )
-    solve_columns = ["problem", "space", "route", "median_s", "min_s", "/floor", "-box/floor"]
-    solve_columns += ["-box/floor-y", "fwd", "grad", "phi(zero)", "phi(random)", "speedup"]
-    solve_columns += ["speedup-box", "value_ratio"]
-    restart_columns = ["problem", "space", "solver", "R", "median_s", "per_restart_s", "vs_R1"]
-    restart_columns += ["phi", "value_ratio", *EvalCounter.KEYS]
-    return f"{format_table(solve_columns, solves)}\n\n{format_table(restart_columns, restarts)}"
+        s = problem["seeds"]
+        seeds.append(
+            {"problem": name, "seeds": s["seeds"]}
+            | {"vmapped_s": s["run"]["vmapped"]["median_s"]}
+            | {"one_at_a_time_s": s["run"]["one_at_a_time"]["median_s"]}
+            | {"ratio": s["vmapped_over_sequential"]["median"]}
+        )
+        for space, per_r in problem.get("restarts", {}).items():
+            for R, e in per_r.items():
+                restarts.append(
+                    {"problem": name, "space": space, "R": R}
+                    | {"median_s": e["run"]["median_s"], "per_restart_vs_R1": e[
+                        "per_restart_vs_single"]["median"], "phi": e["value"]}
+                )  # fmt: skip
+    columns = ["problem", "space", "route", "median_s", "/floor", "-box/floor-y", "evals", "phi"]
+    columns += ["speedup", "value_ratio"]
+    parts = [
+        format_table(columns, solves),
+        format_table(["problem", "seeds", "vmapped_s", "one_at_a_time_s", "ratio"], seeds),
+    ]
+    if restarts:
+        parts.append(
+            format_table(
+                ["problem", "space", "R", "median_s", "per_restart_vs_R1", "phi"], restarts
+            )
+        )
+    return "\n\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: runs the benchmark, prints the tables, writes the JSON."""
-    parser = benchmark_parser(__doc__)
-    parser.add_argument(
-        "--blas-threads", type=int, default=None, help="cap BLAS/LAPACK threads (default: as is)"
-    )
-    args = parse_benchmark_args(parser, argv)
-    results = run(quick=args.quick, repeats=args.repeats, blas_threads=args.blas_threads)
+    args = parse_benchmark_args(benchmark_parser(__doc__), argv)
+    results = run(quick=args.quick, repeats=args.repeats)
     report("sharpness", args, results, tables(results))
 
 

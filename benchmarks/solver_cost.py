@@ -2,17 +2,16 @@
 
     python benchmarks/solver_cost.py [--json PATH] [--repeats R] [--quick]
 
-`benchmarks/sharpness.py` finds L-BFGS-B several times its value-and-gradient floor with the
-same number of evaluations as projected gradient. This isolates the solver's own arithmetic:
-for n in {1e4, 1e5, 5.65e5 (the digits MLP)} it times `maximize_in_box` with maxiter 10 on
-f(z) = c.z + |z|^2 / 2 (a convex f, so -f is concave as near a minimiser), per solver, and,
-beside it, two `argsort`s of n numbers: jaxopt's L-BFGS-B sorts the n breakpoints of its
-Cauchy-point search and inverts that permutation on every iteration, then walks the sorted
-breakpoints in a sequential `while_loop`. Seconds per iteration = solve / maxiter.
+For n in {1e4, 1e5, 5.65e5 (the digits MLP)}, each solver's `maximize` with maxiter 10 on two
+free objectives over [-1, 1]^n:
 
-It also solves LANES such objectives (different c) vmapped, as `seed_sharpness` would solve
-seeds: "vmapped/sequential" is that time over LANES times one lane's. The walk's while_loop runs
-until the slowest lane stops and, batched, updates every lane's n-long mask at each step.
+* "concave_start": f(z) = c.z + |z|^2 / 2, convex, so -f is concave as near a minimiser:
+  L-BFGS-B rejects every curvature pair and its Cauchy point is a closed form;
+* "with_pairs": f(z) = c.z - |z|^2 / 2, concave, so L-BFGS-B stores pairs and runs its exact
+  Cauchy point (one sort and prefix sums over the n breakpoints) and subspace step.
+
+And the same for LANES such objectives (different c) vmapped, as seeds are: "vmapped /
+sequential" is that time over LANES times one lane's. Seconds per iteration = solve / maxiter.
 """
 
 from collections.abc import Sequence
@@ -30,45 +29,48 @@ from _timing import (
     timed,
 )
 
-from flatmin._solvers import SOLVERS, maximize_in_box
+import flatmin
+from flatmin.solvers import solver_to_json
 
 SIZES = (10_000, 100_000, 565_258)
 QUICK_SIZES = (1_000,)
 MAXITER = 10
 LANES, QUICK_LANES = 5, 2
+SOLVERS = {
+    "lbfgsb": flatmin.LBFGSB(maxiter=MAXITER),
+    "projected_gradient": flatmin.ProjectedGradient(maxiter=MAXITER),
+}
+CURVATURE = {"concave_start": 1.0, "with_pairs": -1.0}
 
 
 def solver_seconds(n: int, repeats: int, lanes: int) -> dict:
-    """Per solver: compile and run time of a maxiter-10 solve of the free objective, the same
-    for `lanes` objectives vmapped, and the time of the two argsorts of n numbers that
-    L-BFGS-B does per iteration."""
+    """Per objective and solver: compile and run time of a maxiter-10 solve, and of `lanes`
+    such solves vmapped."""
     cs = jax.random.normal(jax.random.key(0), (lanes, n))
     c, ones = cs[0], jnp.ones(n)
-
     out: dict = {"n": n, "lanes": lanes}
-    for solver in SOLVERS:
+    for objective, sign in CURVATURE.items():
+        for name, solver in SOLVERS.items():
 
-        def solve(c, init, solver=solver):
-            def fun(z: jax.Array) -> jax.Array:
-                return c @ z + 0.5 * z @ z
+            def solve(c, init, solver=solver, sign=sign):
+                def fun(z: jax.Array) -> jax.Array:
+                    return c @ z + sign * 0.5 * z @ z
 
-            return maximize_in_box(fun, init, -ones, ones, solver=solver, maxiter=MAXITER).value
+                result = solver.maximize(fun, init, -ones, ones)
+                return result.value, result.num_pairs
 
-        fn, compile_times = compiled(solve, c, jnp.zeros(n))
-        run = timed(fn, c, jnp.zeros(n), repeats=repeats)
-        out[solver] = run | compile_times | {"per_iteration_s": run["median_s"] / MAXITER}
-        batched, batched_compile = compiled(jax.vmap(solve), cs, jnp.zeros((lanes, n)))
-        vmapped = timed(batched, cs, jnp.zeros((lanes, n)), repeats=repeats)
-        out[f"{solver}_vmapped"] = vmapped | batched_compile
-        out[f"{solver}_vmapped_over_sequential"] = vmapped["median_s"] / (lanes * run["median_s"])
-        log(f"n = {n}: {solver} {run['median_s']:.4g} s, vmapped {vmapped['median_s']:.4g} s")
-    sorts, _ = compiled(lambda t: jnp.argsort(jnp.argsort(t)), c)
-    out["two_argsorts"] = timed(sorts, c, repeats=repeats)
-    # Seconds, but a difference of medians: noise can make it negative (hence no "_s" suffix,
-    # which the smoke tests require to be positive).
-    out["lbfgsb_per_iteration_minus_sorts"] = (
-        out["lbfgsb"]["per_iteration_s"] - out["two_argsorts"]["median_s"]
-    )
+            fn, compile_times = compiled(solve, c, jnp.zeros(n))
+            run = timed(fn, c, jnp.zeros(n), repeats=repeats)
+            batched, batched_compile = compiled(jax.vmap(solve), cs, jnp.zeros((lanes, n)))
+            vmapped = timed(batched, cs, jnp.zeros((lanes, n)), repeats=repeats)
+            out[f"{objective}/{name}"] = {
+                "single": run | compile_times | {"per_iteration_s": run["median_s"] / MAXITER},
+                "vmapped": vmapped | batched_compile,
+                "vmapped_over_sequential": vmapped["median_s"] / (lanes * run["median_s"]),
+                "pairs_at_end": int(fn(c, jnp.zeros(n))[1]),
+            }
+            log(f"n = {n}, {objective}, {name}: {run['median_s']:.4g} s, "
+                f"vmapped {vmapped['median_s']:.4g} s")  # fmt: skip
     return out
 
 
@@ -77,7 +79,17 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
     return {
         "benchmark": "solver_cost",
         "environment": environment(),
-        "config": {"maxiter": MAXITER, "sizes": list(sizes), "lanes": lanes, "repeats": repeats},
+        "config": {
+            "maxiter": MAXITER,
+            "sizes": list(sizes),
+            "lanes": lanes,
+            "repeats": repeats,
+            "solvers": {name: solver_to_json(s) for name, s in SOLVERS.items()},
+            "objectives": {
+                "concave_start": "c.z + |z|^2/2 (no curvature pairs kept)",
+                "with_pairs": "c.z - |z|^2/2 (pairs kept: exact Cauchy point)",
+            },
+        },
         "sizes": {str(n): solver_seconds(n, repeats, lanes) for n in sizes},
     }
 
@@ -86,14 +98,14 @@ def tables(results: dict) -> str:
     rows = [
         {
             "n": entry["n"],
-            "lbfgsb_s/iter": entry["lbfgsb"]["per_iteration_s"],
-            "pg_s/iter": entry["projected_gradient"]["per_iteration_s"],
-            "2 argsorts_s": entry["two_argsorts"]["median_s"],
-            "lbfgsb-sorts_s/iter": entry["lbfgsb_per_iteration_minus_sorts"],
-            "lbfgsb vmapped/sequential": entry["lbfgsb_vmapped_over_sequential"],
-            "pg vmapped/sequential": entry["projected_gradient_vmapped_over_sequential"],
+            "objective/solver": key,
+            "s/iter": value["single"]["per_iteration_s"],
+            "vmapped/sequential": value["vmapped_over_sequential"],
+            "pairs": value["pairs_at_end"],
         }
         for entry in results["sizes"].values()
+        for key, value in entry.items()
+        if isinstance(value, dict)
     ]
     return format_table(list(rows[0]), rows)
 

@@ -33,14 +33,21 @@ from flatmin.checkpoint import CheckpointError, RunDirectory
 from flatmin.data import Dataset, load_dataset
 from flatmin.experiment import CONFIGS, ExperimentConfig
 from flatmin.sharding import initialize_distributed, is_writer
-from flatmin.sharpness import SOLVERS
+from flatmin.solvers import LBFGSB, ProjectedGradient
 
 SB_COLOR, LB_COLOR = "tab:blue", "tab:red"
+
+# --solver NAME: the solver objects a flag can name (the library takes the objects).
+SOLVERS = {
+    "lbfgsb": LBFGSB(),
+    "paper": LBFGSB.paper(),
+    "projected_gradient": ProjectedGradient(),
+}
 
 # The experiments that measure only full-space sharpness (batch_size_sweep, warm_start) solve
 # with projected gradient on digits unless --solver says otherwise: there it found the same
 # maxima as L-BFGS-B (README: Benchmarks, Warm starts) in a fraction of the time, which keeps
-# their digits defaults to minutes. `--solver lbfgsb` gives the paper's solver.
+# their digits defaults to minutes. `--solver lbfgsb` gives flatmin's L-BFGS-B.
 FULL_SPACE_DIGITS_SOLVER = "projected_gradient"
 
 
@@ -63,8 +70,12 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--solver",
         default=None,
-        choices=SOLVERS,
-        help="inner-maximum solver (default: the config's, lbfgsb as in the paper)",
+        choices=sorted(SOLVERS),
+        help="inner-maximum solver: lbfgsb (flatmin's maximiser, the configs' default), paper "
+        "(L-BFGS-B with scipy's stopping rules, unscaled: the authors' route), projected_gradient",
+    )
+    parser.add_argument(
+        "--maxiter", type=int, default=None, help="solver iterations (default: the solver's, 10)"
     )
     parser.add_argument(
         "--checkpoint-every", type=int, default=5, help="epochs between training checkpoints"
@@ -92,11 +103,27 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
-def full_space_solver(args: argparse.Namespace) -> str | None:
+def solver(args: argparse.Namespace, name: str | None = None):
+    """The solver --solver (or `name`) names, with --maxiter; None when neither says one."""
+    name = args.solver or name
+    if name is None:
+        if args.maxiter is None:
+            return None
+        name = "lbfgsb"
+    chosen = SOLVERS[name]
+    if args.maxiter is not None:
+        try:
+            chosen = dataclasses.replace(chosen, maxiter=args.maxiter)
+        except ValueError as error:
+            sys.exit(f"error: --maxiter: {error}")
+    return chosen
+
+
+def full_space_solver(args: argparse.Namespace):
     """--solver, else FULL_SPACE_DIGITS_SOLVER on digits, else None (the config's)."""
     if args.solver is not None or args.config != "digits":
-        return args.solver
-    return FULL_SPACE_DIGITS_SOLVER
+        return solver(args)
+    return solver(args, FULL_SPACE_DIGITS_SOLVER)
 
 
 def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
@@ -107,7 +134,7 @@ def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig
     """
     overrides = {name: value for name, value in overrides.items() if value is not None}
     base = CONFIGS[args.config]
-    flags = (("seeds", args.seeds), ("epochs", args.epochs), ("solver", args.solver))
+    flags = (("seeds", args.seeds), ("epochs", args.epochs), ("solver", solver(args)))
     changes = {k: v for k, v in flags if v is not None}
     if args.hidden is not None:
         if base.model != "mlp":

@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
                     f"batch-{batch}-sharpness-{eps}",
                     lambda eps=eps, trained=trained: seed_sharpness(
                         model, trained.variables, x, y, None, eps, key=solve_key(key),
-                        solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
-                        init=config.init,
-                    ),
+                        solver=config.solver, restarts=config.restarts, init=config.init,
+                    ).value,
                 ),
                 float,
             )

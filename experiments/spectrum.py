@@ -85,9 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{regime}-sharpness",
                 lambda trained=trained: seed_sharpness(
                     model, trained.variables, x, y, None, config.eps[0], key=solve_key(key),
-                    solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
-                    init=config.init,
-                ),
+                    solver=config.solver, restarts=config.restarts, init=config.init,
+                ).value,
             ),
             float,
         )  # fmt: skip

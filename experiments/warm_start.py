@@ -121,9 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"lb-sharpness-k{k}",
             lambda: seed_sharpness(
                 model, part, x_train, y_train, None, config.eps[0], key=solve_key(key),
-                solver=config.solver, maxiter=config.maxiter, restarts=config.restarts,
-                init=config.init,
-            ),
+                solver=config.solver, restarts=config.restarts, init=config.init,
+            ).value,
         )  # fmt: skip
 
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)

@@ -30,6 +30,8 @@ from flatmin.sharpness import SharpnessResult as SharpnessResult
 from flatmin.sharpness import box_radius as box_radius
 from flatmin.sharpness import sharpness as sharpness
 from flatmin.sharpness import solve_sharpness as solve_sharpness
+from flatmin.solvers import LBFGSB as LBFGSB
+from flatmin.solvers import ProjectedGradient as ProjectedGradient
 from flatmin.subspace import random_subspace as random_subspace
 from flatmin.train import TrainConfig as TrainConfig
 from flatmin.train import TrainResult as TrainResult

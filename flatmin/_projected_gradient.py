@@ -1,24 +1,15 @@
-"""Box-constrained maximisation: flatmin's own solver interface over jaxopt.
+"""Projected gradient ascent over a box, through jaxopt.ProjectedGradient.
 
-This is the only module that imports jaxopt (archived upstream). Everything else calls
-`maximize_in_box`, so replacing jaxopt means rewriting this file alone.
+The only module that imports jaxopt (archived upstream, pinned). Problems arrive already
+rescaled (`flatmin.solvers`): z in [-1, 1]^p and an objective whose gradient at the start
+moves the steepest coordinate across STEP_SCALE half-boxes in one unit step.
 
-Two facts about the sharpness problem shape the choices below:
-
-* The start is (near) a minimiser of f, so the gradient there is ~0. jaxopt's default
-  tolerance would stop at once; here every solver runs exactly `maxiter` iterations.
-* Maximising f near a minimiser means minimising -f, which is *concave* there. A Wolfe line
-  search then never finds its curvature condition: jaxopt's "zoom" extrapolates far outside
-  the box (seen: f = 8.8e28, then NaN) and a Wolfe backtracking spends `maxls` evaluations on
-  every iteration. L-BFGS-B's search direction already ends inside the box at the minimiser
-  of its quadratic model, so it takes the unit step along it; projected gradient takes a
-  fixed unit step on the scaled objective below. Either way one value-and-gradient per
-  iteration, no data-dependent inner loop, and the best point seen is what counts.
-
-Known residual risk: jaxopt's L-BFGS-B Cauchy-point search is a `while_loop`; under `vmap` its
-condition is evaluated twice (JAX's batching rule). Its condition reads only carried state and
-its body always advances, so the two copies agree in practice; the projected-gradient line
-search, whose condition re-evaluates f, did not (it hung), hence the fixed step there.
+No jaxopt line search: under `vmap` (restarts, seeds) a batched while_loop evaluates its
+condition in two compiled copies of f that can round differently, and a lane they disagree on
+never advances (seen: a hang). The step adapts across iterations instead, each of which is
+exactly one value-and-gradient: grown by STEP_GROWTH after a step that raised f, halved and
+restarted from the best point after one that did not. FISTA's momentum is off: its extrapolated
+point leaves the box and f would be read there.
 """
 
 import warnings
@@ -34,148 +25,85 @@ with warnings.catch_warnings():
     import jaxopt
     from jaxopt.projection import projection_box
 
-SOLVERS = ("lbfgsb", "projected_gradient")
-STEP_SCALE = 10.0
-# Projected gradient's step after an iteration that raised f: a gentle growth, since a halving
-# costs a whole iteration (x2 saw-toothed between over- and undershooting on a nonconvex f).
+# The step after an iteration that raised f: a gentle growth, since a halving costs a whole
+# iteration (x2 saw-toothed between over- and undershooting on a nonconvex f).
 STEP_GROWTH = 1.25
 
 
-class BoxMaximum(NamedTuple):
-    """Result of `maximize_in_box`.
+class Ascent(NamedTuple):
+    """The best point of `ascend`: z, the objective F there, its aux f, and grad F."""
 
-    Attributes:
-      argmax: (p,) the best point found; inside [lower, upper].
-      value: f(argmax), recomputed from the clipped point.
-      num_steps: solver iterations run (always `maxiter`).
-    """
-
-    argmax: jax.Array
-    value: jax.Array
-    num_steps: jax.Array
+    z: jax.Array
+    F: jax.Array
+    f: jax.Array
+    grad: jax.Array
 
 
 class _Carry(NamedTuple):
     z: jax.Array
     state: NamedTuple
-    best_z: jax.Array
-    best_f: jax.Array
+    best: Ascent
     step_size: jax.Array
 
 
-def _valid(z: jax.Array, f: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-    """Whether f was read at a finite point inside the box and is itself finite."""
-    inside = jnp.all((z >= lower) & (z <= upper))
-    return inside & jnp.all(jnp.isfinite(z)) & jnp.isfinite(f)
-
-
-def maximize_in_box(
-    fun: Callable[[jax.Array], jax.Array],
-    init: jax.Array,
-    lower: jax.Array,
-    upper: jax.Array,
-    *,
-    solver: str,
+def ascend(
+    objective: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    z0: jax.Array,
     maxiter: int,
-) -> BoxMaximum:
-    """Maximises `fun` over the box [lower, upper] from `init`, keeping the best point seen.
+) -> Ascent:
+    """Minimises `objective(z) -> (F, f)` over [-1, 1]^p from z0 by `maxiter` projected
+    gradient steps; returns the point of lowest F seen (F and f finite there).
 
-    Args:
-      fun: (p,) -> scalar, differentiable.
-      init: (p,) starting point inside the box.
-      lower, upper: (p,) bounds, lower <= upper.
-      solver: one of `SOLVERS`.
-      maxiter: iterations to run, exactly (no early stop).
-
-    Returns:
-      A `BoxMaximum`. Steps that produce a non-finite point or value are discarded, so the
-      result is finite whenever f(init) is.
+    Evaluations: one value-and-gradient per iteration at the iterate it starts from, and one at
+    the last iterate: maxiter + 1 in all.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    init = jnp.clip(init, lower, upper)
-    f_init, g_init = jax.value_and_grad(fun)(init)
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
-    # Scale the objective so that a unit gradient step moves the coordinate with the largest
-    # gradient across STEP_SCALE half-boxes. Near a minimiser raw gradients are tiny against
-    # any box, and with -f concave L-BFGS-B rejects every curvature pair, so its steps stay
-    # plain gradient steps at this scale: at 1 they crawl (98.9% of a quadratic's closed-form
-    # maximum in 10 iterations), at 10 and above they reach the box's faces. The floor keeps
-    # a zero gradient (a constant f) finite.
-    half_width = 0.5 * (upper - lower)
-    grad_scale = jnp.max(jnp.abs(g_init) * half_width)
-    scale = jax.lax.stop_gradient(
-        STEP_SCALE / jnp.maximum(grad_scale, jnp.sqrt(jnp.finfo(init.dtype).tiny))
+    def scaled(z, step_size):
+        # jaxopt's fixed unit step on step_size * F is a step of size step_size on F; the
+        # gradient rides along in aux so the best point keeps it.
+        (F, f), G = value_and_grad(z)
+        return (F * step_size, (F, f, G)), G * step_size
+
+    opt = jaxopt.ProjectedGradient(
+        fun=scaled,
+        value_and_grad=True,
+        projection=projection_box,
+        has_aux=True,
+        maxiter=maxiter,
+        tol=0.0,
+        stepsize=1.0,
+        acceleration=False,
     )
+    ones = jnp.ones_like(z0)
+    bounds = (-ones, ones)
+    one = jnp.ones((), z0.dtype)
+    # jaxopt's init_state evaluates f only to learn aux's structure (and, with
+    # value_and_grad=True, takes the gradient for aux); with a fixed step `update` reads no
+    # field of the state, so zeros of the right structure are enough.
+    shapes = jax.eval_shape(lambda: opt.init_state(z0, bounds, one))
+    zero = jnp.zeros((), z0.dtype)
+    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    state = state._replace(aux=(zero, zero, jnp.zeros_like(z0)))
+    worst = jnp.full((), jnp.inf, z0.dtype)
 
-    def objective(z: jax.Array, step_size: jax.Array) -> tuple[jax.Array, jax.Array]:
-        # Minimised by jaxopt; the raw value rides along as aux so no extra pass is needed.
-        # step_size scales projected gradient's unit step (L-BFGS-B keeps it at 1: rescaling
-        # would corrupt its curvature history).
-        f = fun(z)
-        return -(f - f_init) * scale * step_size, f
-
-    bounds = (lower, upper)
-    one = jnp.ones((), init.dtype)
-    if solver == "lbfgsb":
-        opt = jaxopt.LBFGSB(fun=objective, has_aux=True, maxiter=maxiter, tol=0.0, stepsize=1.0)
-        state = opt.init_state(init, bounds, one)
-
-        def body(_, carry: _Carry) -> _Carry:
-            z_new, state_new = opt.update(carry.z, carry.state, bounds, one)
-            f_new = state_new.aux  # L-BFGS-B evaluates f at the point it returns
-            ok = _valid(z_new, f_new, lower, upper)
-            # A non-finite step, or one that left the box, is discarded: the iterate and the
-            # solver state stay as they were, so a value is never read outside the box.
-            z_next, state_next = jax.tree.map(
-                lambda n, o: jnp.where(ok, n, o), (z_new, state_new), (carry.z, carry.state)
-            )
-            better = ok & (f_new > carry.best_f)
-            return carry._replace(
-                z=z_next,
-                state=state_next,
-                best_z=jnp.where(better, z_new, carry.best_z),
-                best_f=jnp.where(better, f_new, carry.best_f),
-            )
-
-    else:
-        # No jaxopt line search: under vmap (restarts, seeds) a batched while_loop evaluates
-        # its condition in two compiled copies of f that can round differently, and a lane
-        # they disagree on never advances (seen: a hang). The step adapts across iterations
-        # instead, each of which is exactly one value-and-gradient: grown by STEP_GROWTH after a
-        # step that raised f, halved and restarted from the best point after one that did not.
-        opt = jaxopt.ProjectedGradient(
-            fun=objective,
-            projection=projection_box,
-            has_aux=True,
-            maxiter=maxiter,
-            tol=0.0,
-            stepsize=1.0,
-            acceleration=False,  # FISTA's momentum point leaves the box; f is read there
+    def body(_, carry: _Carry) -> _Carry:
+        z_new, state_new = opt.update(carry.z, carry.state, bounds, carry.step_size)
+        F, f, G = state_new.aux  # at carry.z, where this step started
+        improved = jnp.isfinite(F) & jnp.all(jnp.isfinite(G)) & (F <= carry.best.F)
+        best = jax.tree.map(
+            lambda new, old: jnp.where(improved, new, old), Ascent(carry.z, F, f, G), carry.best
         )
-        state = opt.init_state(init, bounds, one)
+        return _Carry(
+            z=jnp.where(improved, z_new, best.z),
+            state=state_new,
+            best=best,
+            step_size=jnp.where(improved, STEP_GROWTH, 0.5) * carry.step_size,
+        )
 
-        def body(_, carry: _Carry) -> _Carry:
-            z_new, state_new = opt.update(carry.z, carry.state, bounds, carry.step_size)
-            f_z = state_new.aux  # projected gradient evaluates f at z, where it started
-            improved = _valid(carry.z, f_z, lower, upper) & (f_z >= carry.best_f)
-            best_z = jnp.where(improved, carry.z, carry.best_z)
-            return carry._replace(
-                z=jnp.where(improved, z_new, best_z),
-                state=state_new,
-                best_z=best_z,
-                best_f=jnp.where(improved, f_z, carry.best_f),
-                step_size=jnp.where(improved, STEP_GROWTH, 0.5) * carry.step_size,
-            )
-
-    # Projected gradient's first iteration evaluates init itself; -inf makes it count.
-    best_f = f_init if solver == "lbfgsb" else jnp.full_like(f_init, -jnp.inf)
-    carry = jax.lax.fori_loop(0, maxiter, body, _Carry(init, state, init, best_f, one))
-    best_z = carry.best_z
-    if solver == "projected_gradient":
-        # Its last iterate has not been evaluated yet.
-        f_last = fun(carry.z)
-        best_z = jnp.where(jnp.isfinite(f_last) & (f_last > carry.best_f), carry.z, best_z)
-    # Honest by construction: the reported value is f at the clipped point that is returned.
-    best_z = jnp.clip(best_z, lower, upper)
-    return BoxMaximum(argmax=best_z, value=fun(best_z), num_steps=jnp.asarray(maxiter))
+    start = _Carry(z0, state, Ascent(z0, worst, worst, jnp.zeros_like(z0)), one)
+    carry = jax.lax.fori_loop(0, maxiter, body, start)
+    (F_last, f_last), G_last = value_and_grad(carry.z)  # the last step's point
+    better = jnp.isfinite(F_last) & jnp.all(jnp.isfinite(G_last)) & (F_last < carry.best.F)
+    last = Ascent(carry.z, F_last, f_last, G_last)
+    return jax.tree.map(lambda new, old: jnp.where(better, new, old), last, carry.best)

@@ -29,7 +29,8 @@ from flatmin.sharding import (
     replicated,
     seed_sharding,
 )
-from flatmin.sharpness import INITS, sharpness
+from flatmin.sharpness import INITS, SharpnessResult, solve_sharpness
+from flatmin.solvers import LBFGSB, Solver, solver_to_json
 from flatmin.subspace import DISTRIBUTIONS, random_subspace
 from flatmin.train import TrainConfig, train_seeds
 
@@ -49,7 +50,7 @@ class ExperimentConfig:
       seeds: seeds per regime (the paper: 5).
       eps: box sizes of Metric 2.1.
       subspace_dim, subspace_distribution, subspace_normalize: the random subspace A.
-      solver, maxiter, restarts, init: how the inner maximum is solved.
+      solver, restarts, init: how the inner maximum is solved (see `flatmin.sharpness`).
     """
 
     name: str
@@ -67,8 +68,7 @@ class ExperimentConfig:
     subspace_dim: int = 100
     subspace_distribution: str = "gaussian"
     subspace_normalize: bool = False
-    solver: str = "lbfgsb"
-    maxiter: int = 10
+    solver: Solver = LBFGSB()
     restarts: int = 1
     init: str = "random"
 
@@ -82,6 +82,14 @@ class ExperimentConfig:
                 f"subspace_distribution must be one of {DISTRIBUTIONS}, "
                 f"got {self.subspace_distribution!r}"
             )
+        if not callable(getattr(self.solver, "maximize", None)):
+            raise ValueError(
+                f"solver must be a solver object such as flatmin.LBFGSB(), got {self.solver!r}"
+            )
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int):
+            raise ValueError(f"restarts must be an integer >= 1, got {self.restarts!r}")
+        if self.restarts < 1:
+            raise ValueError(f"restarts must be an integer >= 1, got {self.restarts!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         # Building both training configs checks model, dataset, sizes and stopping rules now,
@@ -113,8 +121,10 @@ class ExperimentConfig:
         )
 
     def to_json(self) -> dict:
-        """The config as plain JSON types."""
-        return json_ready(dataclasses.asdict(self))
+        """The config as plain JSON types (the solver as its type and fields)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["solver"] = solver_to_json(self.solver)
+        return json_ready(fields)
 
 
 # The digits protocol (README, "Choosing the digits protocol"): a 3x512 MLP, SB = 16 and LB = the
@@ -165,15 +175,14 @@ def seed_sharpness(
     eps: float,
     *,
     key: jax.Array,
-    solver: str = "lbfgsb",
-    maxiter: int = 10,
+    solver: Solver = LBFGSB(),
     restarts: int = 1,
     init: str = "random",
     chunk_size: int = 2048,
     seeds_per_solve: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-) -> np.ndarray:
-    """Metric 2.1 of every seed, (S,): variables stacked over seeds, solved vmapped.
+) -> SharpnessResult:
+    """Metric 2.1 of every seed: variables stacked over seeds, solved vmapped.
 
     f is each seed's evaluation-mode training loss over (x, y) with its own running statistics;
     A (shared by all seeds) or None for the full space. A diverged seed gives NaN, not an error.
@@ -181,51 +190,52 @@ def seed_sharpness(
     sharded over `mesh` (default: all devices), padded to a multiple of its size.
 
     seeds_per_solve: how many seeds one vmapped solve takes (rounded up to a multiple of the
-      mesh size); the groups run one after another through the same compiled program, the last
-      one padded. Memory grows with the seeds solved together (each vmapped loss evaluation
-      holds every seed's activations), so give a size for many seeds. None: all seeds at once
-      for projected gradient, one per device for L-BFGS-B, whose vmapped solve costs far more
-      than one seed after another (digits MLP: 5 seeds vmapped 80 s, one at a time 19 s).
+      mesh size; None: all of them); the groups run one after another through the same
+      compiled program, the last one padded. Memory grows with the seeds solved together (each
+      vmapped loss evaluation holds every seed's activations): give a size for many seeds.
+
+    Returns:
+      A `SharpnessResult` of (S,) NumPy arrays, y left out (None): it is as large as the
+      variables.
     """
-    if seeds_per_solve is not None and seeds_per_solve < 1:
-        raise ValueError(f"seeds_per_solve must be None or >= 1, got {seeds_per_solve}")
-    if seeds_per_solve is None and solver == "lbfgsb":
-        # jaxopt's Cauchy-point walk is a while_loop over sorted breakpoints that clears one
-        # entry of an n-long mask per step: in place, O(1), for one seed; under vmap the loop
-        # runs until the slowest seed stops and selects every seed's whole mask at each step.
-        seeds_per_solve = 1
+    if seeds_per_solve is not None and (
+        isinstance(seeds_per_solve, bool)
+        or not isinstance(seeds_per_solve, int)
+        or seeds_per_solve < 1
+    ):
+        raise ValueError(
+            f"seeds_per_solve must be None or an integer >= 1, got {seeds_per_solve!r}"
+        )
     mesh = check_mesh(mesh)
     num_seeds = jax.tree.leaves(variables)[0].shape[0]
     group = padded_size(min(seeds_per_solve or num_seeds, num_seeds), mesh)
     x, y, A, key = place((x, y, A, key), replicated(mesh))
-    values = []
+    parts = []
     for start in range(0, num_seeds, group):
         part = jax.tree.map(operator.itemgetter(slice(start, start + group)), variables)
         size = jax.tree.leaves(part)[0].shape[0]
         part = place(pad_seeds(part, group), seed_sharding(mesh))
         solved = _seed_sharpness(
-            model, part, x, y, A, np.float32(eps), key,
-            solver, maxiter, restarts, init, chunk_size,
-        )  # fmt: skip
-        values.append(gather(solved, size))
-    return np.concatenate(values)
+            model, part, x, y, A, np.float32(eps), key, solver, restarts, init, chunk_size
+        )
+        parts.append(gather(solved, size))
+    return jax.tree.map(lambda *columns: np.concatenate(columns), *parts)
 
 
-@partial(jax.jit, static_argnums=(0, 7, 8, 9, 10, 11))
-def _seed_sharpness(model, variables, x, y, A, eps, key, solver, maxiter, restarts, init, chunk):
+def solve_columns(*args, **kwargs) -> dict[str, np.ndarray]:
+    """`seed_sharpness` as {field: (S,) array}, y left out: a results.json stage."""
+    result = seed_sharpness(*args, **kwargs)
+    return {field: value for field, value in result._asdict().items() if field != "y"}
+
+
+@partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
+def _seed_sharpness(model, variables, x, y, A, eps, key, solver, restarts, init, chunk):
     def one(params, batch_stats):
         loss_fn = make_loss_fn(model, batch_stats, x, y, chunk_size=chunk)
-        return sharpness(
-            loss_fn,
-            params,
-            A,
-            eps,
-            key=key,
-            solver=solver,
-            maxiter=maxiter,
-            restarts=restarts,
-            init=init,
+        result = solve_sharpness(
+            loss_fn, params, A, eps, solver=solver, key=key, restarts=restarts, init=init
         )
+        return result._replace(y=None)
 
     return jax.vmap(one)(variables["params"], variables["batch_stats"])
 
@@ -280,11 +290,11 @@ def run_sharpness_table(
             distribution=config.subspace_distribution,
             normalize=config.subspace_normalize,
         )
-        sharp = {"full": {}, "subspace": {}}
+        solves = {"full": {}, "subspace": {}}
         for space, matrix in (("full", None), ("subspace", A)):
             for eps in config.eps:
                 solve = partial(
-                    seed_sharpness,
+                    solve_columns,
                     model,
                     trained.variables,
                     x,
@@ -293,13 +303,12 @@ def run_sharpness_table(
                     eps,
                     key=solver_key,
                     solver=config.solver,
-                    maxiter=config.maxiter,
                     restarts=config.restarts,
                     init=config.init,
                     mesh=mesh,
                 )
-                values = solve() if run is None else run.stage(f"{regime}-{space}-{eps}", solve)
-                sharp[space][str(eps)] = np.asarray(json_ready(values), dtype=float)
+                columns = solve() if run is None else run.stage(f"{regime}-{space}-{eps}", solve)
+                solves[space][str(eps)] = json_ready(columns)
         for seed in range(config.seeds):
             last = trained.epochs[seed] - 1
             results.append(
@@ -314,8 +323,16 @@ def run_sharpness_table(
                     "diverged": bool(trained.diverged_epoch[seed] > 0),
                     "diverged_epoch": trained.diverged_epoch[seed] or None,
                     "sharpness": {
-                        space: {eps: values[seed] for eps, values in by_eps.items()}
-                        for space, by_eps in sharp.items()
+                        space: {eps: solved["value"][seed] for eps, solved in by_eps.items()}
+                        for space, by_eps in solves.items()
+                    },
+                    # How each solve ended (see `flatmin.SharpnessResult`).
+                    "solves": {
+                        space: {
+                            eps: {field: column[seed] for field, column in solved.items()}
+                            for eps, solved in by_eps.items()
+                        }
+                        for space, by_eps in solves.items()
                     },
                 }
             )

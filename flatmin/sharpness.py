@@ -17,7 +17,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from flatmin._checks import check_loss_and_params
-from flatmin._solvers import SOLVERS, maximize_in_box
+from flatmin.solvers import LBFGSB, Solver
 
 INITS = ("random", "zero")
 
@@ -34,7 +34,13 @@ class SharpnessResult(NamedTuple):
         `params` in the full space (the perturbation added to the parameters).
       loss: scalar f(x).
       max_loss: scalar f(x + A y), the largest loss found.
-      num_steps: scalar int, solver iterations run per start (= `maxiter`).
+      num_steps: int, solver iterations run from the winning start (fewer than `maxiter` when
+        a stopping rule of the solver, e.g. `LBFGSB.paper()`'s pgtol, ended it).
+      num_evaluations: int, value-and-gradient evaluations of f made from the winning start.
+      projected_grad_start, projected_grad_end: the infinity-norm of the projected gradient of
+        -f in y (scipy's `projgr`, what pgtol is tested on) at the winning start and at the
+        point its solve ended.
+      at_bound: the fraction of y's p coordinates at a face of the box.
     """
 
     value: jax.Array
@@ -42,6 +48,10 @@ class SharpnessResult(NamedTuple):
     loss: jax.Array
     max_loss: jax.Array
     num_steps: jax.Array
+    num_evaluations: jax.Array
+    projected_grad_start: jax.Array
+    projected_grad_end: jax.Array
+    at_bound: jax.Array
 
 
 def sharpness(
@@ -50,9 +60,8 @@ def sharpness(
     A: jax.Array | None = None,
     eps: float = 1e-3,
     *,
+    solver: Solver = LBFGSB(),
     key: jax.Array | None = None,
-    solver: str = "lbfgsb",
-    maxiter: int = 10,
     restarts: int = 1,
     init: str = "random",
 ) -> jax.Array:
@@ -61,15 +70,7 @@ def sharpness(
     See `solve_sharpness` for the arguments; this returns its `value` alone.
     """
     return solve_sharpness(
-        loss_fn,
-        params,
-        A,
-        eps,
-        key=key,
-        solver=solver,
-        maxiter=maxiter,
-        restarts=restarts,
-        init=init,
+        loss_fn, params, A, eps, solver=solver, key=key, restarts=restarts, init=init
     ).value
 
 
@@ -79,9 +80,8 @@ def solve_sharpness(
     A: jax.Array | None = None,
     eps: float = 1e-3,
     *,
+    solver: Solver = LBFGSB(),
     key: jax.Array | None = None,
-    solver: str = "lbfgsb",
-    maxiter: int = 10,
     restarts: int = 1,
     init: str = "random",
 ) -> SharpnessResult:
@@ -93,16 +93,18 @@ def solve_sharpness(
         across calls to reuse the compiled program.
       params: a pytree of floating arrays, the solution x (n numbers in all).
       A: None for the full space (A = I, never materialised), or an (n, p) array whose columns
-        span a random subspace (see `random_subspace`). A^+ x is computed by least squares.
+        span a random subspace (see `random_subspace`).
       eps: box size, > 0 (the paper uses 1e-3 and 5e-4).
+      solver: how the inner maximum is solved: `flatmin.LBFGSB()` (default: 10 iterations on a
+        rescaled objective, no early stop), `flatmin.LBFGSB.paper()` (scipy's fmin_l_bfgs_b
+        with its default stopping rules, as the authors ran it; pair it with init="zero"), or
+        `flatmin.ProjectedGradient()`. The best point seen is kept, so more iterations never
+        lower the value.
       key: PRNG key for the random starting points; a fixed default keeps results
         deterministic.
-      solver: "lbfgsb" (jaxopt.LBFGSB, the paper's L-BFGS-B) or "projected_gradient".
-      maxiter: iterations per start, run exactly: a tiny gradient at a minimiser does not stop
-        them early. The best point seen is kept, so more iterations never lower the value.
       restarts: number of starting points solved at once (vmapped); the largest value wins.
       init: "random" (every start uniform in the box) or "zero" (the first start at y = 0, as
-        the public reimplementations of the paper did; further starts random).
+        the authors and the public reimplementations did; further starts random).
 
     Returns:
       A `SharpnessResult`.
@@ -117,10 +119,10 @@ def solve_sharpness(
     and phi measures it; compare minimisers at a training loss well above it, or enable
     `jax_enable_x64` (everything here follows the dtype of `params`).
     """
-    p = _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init)
+    p = _check_arguments(loss_fn, params, A, eps, solver, restarts, init)
     if key is None:
         key = jax.random.key(0)
-    result = _solve(loss_fn, params, A, eps, key, solver, maxiter, restarts, init, p)
+    result = _solve(loss_fn, params, A, eps, key, solver, restarts, init, p)
     if not isinstance(result.loss, jax.core.Tracer) and not np.isfinite(result.loss):
         raise ValueError(
             f"loss_fn(params) is not finite ({float(result.loss)}): sharpness is undefined at a "
@@ -159,49 +161,44 @@ def subspace_coordinates(A: jax.Array, x: jax.Array) -> jax.Array:
     return coords + solve(x - A @ coords)
 
 
-def _solve(loss_fn, params, A, eps, key, solver, maxiter, restarts, init, p) -> SharpnessResult:
+def _solve(loss_fn, params, A, eps, key, solver, restarts, init, p) -> SharpnessResult:
     x, unravel = ravel_pytree(params)
     if A is not None:
         A = A.astype(x.dtype)
     radius = box_radius(params, A, jnp.asarray(eps, x.dtype))
 
-    def perturbation(y: jax.Array) -> jax.Array:
-        return y if A is None else A @ y
+    def f_of_y(y: jax.Array) -> jax.Array:
+        return loss_fn(unravel(x + (y if A is None else A @ y)))
 
-    def f_of_z(z: jax.Array) -> jax.Array:
-        # The solvers work in z in [-1, 1]^p, y = radius * z: every coordinate then has the same
-        # range, whatever |(A^+ x)_i| is.
-        return loss_fn(unravel(x + perturbation(radius * z)))
-
-    starts = jax.random.uniform(key, (restarts, p), x.dtype, minval=-1.0, maxval=1.0)
+    starts = radius[None, :] * jax.random.uniform(key, (restarts, p), x.dtype, -1.0, 1.0)
     if init == "zero":
         starts = starts.at[0].set(0.0)
-    ones = jnp.ones(p, x.dtype)
-    found = jax.vmap(
-        lambda z0: maximize_in_box(f_of_z, z0, -ones, ones, solver=solver, maxiter=maxiter)
-    )(starts)
+    found = jax.vmap(lambda y0: solver.maximize(f_of_y, y0, -radius, radius))(starts)
 
     values = jnp.where(jnp.isfinite(found.value), found.value, -jnp.inf)
     best = jnp.argmax(values)
-    loss = f_of_z(jnp.zeros(p, x.dtype))
+    loss = f_of_y(jnp.zeros(p, x.dtype))
     # y = 0 is in the box, so the maximum is at least f(x), even if every start found less.
     use_zero = ~(values[best] > loss)
-    z = jnp.where(use_zero, 0.0, found.argmax[best])
+    y = jnp.where(use_zero, 0.0, found.argmax[best])
     max_loss = jnp.where(use_zero, loss, found.value[best])
-    y = radius * z
     return SharpnessResult(
         value=(max_loss - loss) / (1 + loss) * 100,
         y=unravel(y) if A is None else y,
         loss=loss,
         max_loss=max_loss,
         num_steps=found.num_steps[best],
+        num_evaluations=found.num_evaluations[best],
+        projected_grad_start=found.projected_grad_start[best],
+        projected_grad_end=found.projected_grad_end[best],
+        at_bound=jnp.mean(jnp.abs(y) >= radius),
     )
 
 
-_solve = jax.jit(_solve, static_argnames=("loss_fn", "solver", "maxiter", "restarts", "init", "p"))
+_solve = jax.jit(_solve, static_argnames=("loss_fn", "solver", "restarts", "init", "p"))
 
 
-def _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init) -> int:
+def _check_arguments(loss_fn, params, A, eps, solver, restarts, init) -> int:
     """Validates everything that can be checked without running the loss; returns p."""
     n = check_loss_and_params(loss_fn, params)
     leaves = jax.tree.leaves(params)
@@ -209,12 +206,13 @@ def _check_arguments(loss_fn, params, A, eps, solver, maxiter, restarts, init) -
     eps_value = _concrete(eps)
     if eps_value is not None and not (np.isfinite(eps_value) and eps_value > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps_value}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if not callable(getattr(solver, "maximize", None)):
+        raise ValueError(
+            "solver must be a solver object such as flatmin.LBFGSB(), flatmin.LBFGSB.paper() "
+            f"or flatmin.ProjectedGradient(), got {solver!r}"
+        )
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if not isinstance(maxiter, int | np.integer) or maxiter < 1:
-        raise ValueError(f"maxiter must be an integer >= 1, got {maxiter!r}")
     if not isinstance(restarts, int | np.integer) or restarts < 1:
         raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
 

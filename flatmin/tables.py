@@ -39,6 +39,12 @@ _SPACE_TITLES = {
 }
 
 
+def describe_solver(solver: dict) -> str:
+    """A results.json solver entry ({"type": ..., fields}) in one line."""
+    fields = ", ".join(f"{k} {v}" for k, v in solver.items() if k != "type")
+    return f"{solver['type']} ({fields})"
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
     """Mean and (population) std of the finite values, and how many were left out."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -75,7 +81,7 @@ def format_tables(results: dict) -> str:
         "",
         f"Subspace: p = {config['subspace_dim']}, {config['subspace_distribution']} entries, "
         f"{'unit-norm' if config['subspace_normalize'] else 'unnormalised'} columns. Solver: "
-        f"{config['solver']}, maxiter {config['maxiter']}, restarts {config['restarts']}, "
+        f"{describe_solver(config['solver'])}, restarts {config['restarts']}, "
         f"init {config['init']}.",
         "",
         "## Table 2: accuracy (%)",

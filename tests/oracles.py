@@ -51,10 +51,17 @@ def tree_inside_box(y_tree, x_tree, eps: float, rtol: float = 1e-6) -> bool:
 
 
 def scipy_lbfgsb_phi(loss_fn, params, eps: float, A=None, maxiter: int = 10) -> float:
-    """The paper's route: scipy's fmin_l_bfgs_b on -f(x + A y) from y = 0, maxiter iterations.
+    """The paper's route, phi alone (see `scipy_lbfgsb_route`)."""
+    return scipy_lbfgsb_route(loss_fn, params, eps, A, maxiter)[0]
+
+
+def scipy_lbfgsb_route(loss_fn, params, eps: float, A=None, maxiter: int = 10) -> tuple:
+    """The paper's route: scipy's fmin_l_bfgs_b on -f(x + A y) from y = 0, maxiter iterations,
+    its default stopping rules (pgtol 1e-5, factr 1e7) and line search.
 
     f is evaluated in float32 by JAX (jitted value and gradient), handed to scipy in float64;
     the bounds are +-eps (|A^+ x| + 1) with A^+ from numpy.linalg.pinv in float64.
+    Returns (phi, scipy's info dict: nit, funcalls, task, grad, warnflag).
     """
     x32, unravel = ravel_pytree(params)
     A32 = None if A is None else jnp.asarray(A, dtype=x32.dtype)
@@ -71,8 +78,10 @@ def scipy_lbfgsb_phi(loss_fn, params, eps: float, A=None, maxiter: int = 10) -> 
 
     r = halfwidths(np.asarray(x32, dtype=np.float64), eps, A)
     bounds = list(zip(-r, r, strict=True))
-    _, fmin, _ = scipy.optimize.fmin_l_bfgs_b(fun, np.zeros_like(r), bounds=bounds, maxiter=maxiter)
-    return phi(-float(fmin), float(loss_fn(params)))
+    _, fmin, info = scipy.optimize.fmin_l_bfgs_b(
+        fun, np.zeros_like(r), bounds=bounds, maxiter=maxiter
+    )
+    return phi(-float(fmin), float(loss_fn(params))), info
 
 
 def ibp_relu_mlp_ce_upper_bound(layers, X, labels, eps: float) -> float:

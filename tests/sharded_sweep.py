@@ -32,7 +32,7 @@ for name, mesh in (("one", one), ("four", four)):
     sharp[name] = [
         flatmin.seed_sharpness(
             model, runs[name].variables, x, y, matrix, 1e-3, key=jax.random.key(2), mesh=mesh
-        )
+        ).value
         for matrix in (None, A)
     ]
 a, b = runs["one"], runs["four"]

@@ -52,7 +52,9 @@ def test_compile_quick(monkeypatch, tmp_path, capsys):
         assert set(by_solver) == set(bench.QUICK_SOLVERS) == set(results["config"]["solvers"])
         for entry in by_solver.values():
             assert [int(m) for m in entry["maxiter"]] == list(bench.MAXITERS)
+            assert [int(s) for s in entry["seeds"]] == list(bench.SOLVE_SEEDS)
             assert entry["compile_ratio"] > 0 and entry["lower_ratio"] > 0
+            assert entry["seeds_compile_ratio"] > 0
             for times in entry["maxiter"].values():
                 assert times["lower_s"] > 0 and times["compile_s"] > 0
                 assert len(times["compile_repeats_s"]) == 1
@@ -70,10 +72,16 @@ def test_solver_cost_quick(monkeypatch, tmp_path, capsys):
     bench = load_benchmark(monkeypatch, "solver_cost")
     results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
     (entry,) = results["sizes"].values()
-    assert entry["n"] == bench.QUICK_SIZES[0]
-    for key in ("lbfgsb", "projected_gradient", "two_argsorts", "lbfgsb_vmapped"):
-        assert TIMING_KEYS <= set(entry[key]) and entry[key]["median_s"] > 0
-    assert entry["lanes"] == bench.QUICK_LANES and entry["lbfgsb_vmapped_over_sequential"] > 0
-    assert entry["lbfgsb"]["per_iteration_s"] > 0 and entry["lbfgsb"]["compile_s"] > 0
+    assert entry["n"] == bench.QUICK_SIZES[0] and entry["lanes"] == bench.QUICK_LANES
+    for objective in bench.CURVATURE:
+        for solver in bench.SOLVERS:
+            e = entry[f"{objective}/{solver}"]
+            for key in ("single", "vmapped"):
+                assert TIMING_KEYS <= set(e[key]) and e[key]["median_s"] > 0
+            assert e["vmapped_over_sequential"] > 0 and e["single"]["per_iteration_s"] > 0
+    # Which objective exercises which Cauchy point: no pairs on the concave start, pairs kept
+    # (the exact Cauchy point) on the other.
+    assert entry["concave_start/lbfgsb"]["pairs_at_end"] == 0
+    assert entry["with_pairs/lbfgsb"]["pairs_at_end"] > 0
     print(bench.tables(results))
-    assert "lbfgsb_s/iter" in capsys.readouterr().out
+    assert "s/iter" in capsys.readouterr().out

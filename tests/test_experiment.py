@@ -149,7 +149,7 @@ def test_seed_sharpness_equals_each_seed_alone(digits, three_seeds):
     model, variables = three_seeds
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
     key = jax.random.key(3)
-    vmapped = seed_sharpness(model, variables, x, y, None, 1e-3, key=key)
+    vmapped = seed_sharpness(model, variables, x, y, None, 1e-3, key=key).value
 
     def alone(seed: int) -> jax.Array:
         batch_stats, params = jax.tree.map(
@@ -164,7 +164,11 @@ def test_seed_sharpness_equals_each_seed_alone(digits, three_seeds):
     np.testing.assert_allclose(vmapped, [alone(seed) for seed in range(3)], rtol=1e-3)
 
 
-@pytest.mark.parametrize("solver", ["lbfgsb", "projected_gradient"])
+@pytest.mark.parametrize(
+    "solver",
+    [flatmin.LBFGSB(), flatmin.LBFGSB.paper(), flatmin.ProjectedGradient()],
+    ids=["lbfgsb", "paper", "projected_gradient"],
+)
 @pytest.mark.parametrize("seeds_per_solve", [1, 2, None])
 def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, solver, seeds_per_solve):
     model, variables = three_seeds
@@ -173,10 +177,10 @@ def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, solver, 
     # More seeds per solve than seeds: all three in one vmapped solve, for either solver.
     together = seed_sharpness(
         model, variables, x, y, None, 1e-3, key=key, solver=solver, seeds_per_solve=8
-    )
+    ).value
     grouped = seed_sharpness(
         model, variables, x, y, None, 1e-3, key=key, solver=solver, seeds_per_solve=seeds_per_solve
-    )
+    ).value
     # A batch of 1 and a batch of 3 compile to different float32 reductions: 2e-5 seen.
     np.testing.assert_allclose(grouped, together, rtol=1e-4)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import flatmin
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import _cli
 import batch_size_sweep
@@ -83,7 +85,7 @@ def test_warm_start(tmp_path):
     warm_start.main(argv)
     results = _load(tmp_path, "warm_start", {"results", "lb_batch", "sb_batch"})
     assert [row["sb_epochs"] for row in results["results"]] == [0, 1, 2]
-    assert results["config"]["solver"] == "projected_gradient"  # the digits default
+    assert results["config"]["solver"]["type"] == "ProjectedGradient"  # the digits default
     for row in results["results"]:
         assert _all_finite([row["lb_test_accuracy"], row["lb_sharpness"]])
     # One sharpness solve per k, each kept on its own: an interrupted run loses no finished k.
@@ -113,14 +115,21 @@ def test_hidden_flag_rejects_bad_widths():
 
 def test_solver_flag_reaches_the_config():
     parse = _cli.base_parser("x").parse_args
-    assert _cli.build_config(parse([])).solver == "lbfgsb"  # the paper's, by default
+    assert _cli.build_config(parse([])).solver == flatmin.LBFGSB()  # the configs' default
     assert _cli.build_config(parse(["--solver", "projected_gradient"])).solver == (
-        "projected_gradient"
+        flatmin.ProjectedGradient()
     )
+    assert _cli.build_config(parse(["--solver", "paper"])).solver == flatmin.LBFGSB.paper()
+    assert _cli.build_config(parse(["--solver", "paper", "--maxiter", "3"])).solver == (
+        flatmin.LBFGSB(maxiter=3, pgtol=1e-5, factr=1e7, maxls=20, rescale=False)
+    )
+    assert _cli.build_config(parse(["--maxiter", "4"])).solver == flatmin.LBFGSB(maxiter=4)
     with pytest.raises(SystemExit):
         parse(["--solver", "adam"])
+    with pytest.raises(SystemExit):
+        _cli.build_config(parse(["--maxiter", "0"]))
     # The full-space experiments' digits default, and the flag or another config overriding it.
-    assert _cli.full_space_solver(parse([])) == "projected_gradient"
-    assert _cli.full_space_solver(parse(["--solver", "lbfgsb"])) == "lbfgsb"
+    assert _cli.full_space_solver(parse([])) == flatmin.ProjectedGradient()
+    assert _cli.full_space_solver(parse(["--solver", "lbfgsb"])) == flatmin.LBFGSB()
     assert _cli.full_space_solver(parse(["--config", "f1"])) is None
-    assert _cli.build_config(parse(["--config", "f1"]), solver=None).solver == "lbfgsb"
+    assert _cli.build_config(parse(["--config", "f1"]), solver=None).solver == flatmin.LBFGSB()
