@@ -331,6 +331,12 @@ _LOSS = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
         (lambda: hessian_trace(lambda p: p["b"], _PARAMS), "loss_fn"),
         (lambda: hessian_trace(_LOSS, _PARAMS, num_samples=1), "num_samples"),
         (lambda: hessian_trace(_LOSS, _PARAMS, batch_size=0), "batch_size"),
+        # bool is an int subclass; True is a mistake, not 1.
+        (lambda: hessian_eigenvalues(_LOSS, _PARAMS, k=True), r"^k must .* got True \(a bool\)"),
+        (lambda: hessian_eigenvalues(_LOSS, _PARAMS, k=2, num_iterations=True), "num_iterations"),
+        (lambda: hessian_trace(_LOSS, _PARAMS, num_samples=True), r"\bnum_samples\b"),
+        (lambda: hessian_trace(_LOSS, _PARAMS, num_samples=4.0), r"\bnum_samples\b"),
+        (lambda: hessian_trace(_LOSS, _PARAMS, batch_size=True), r"\bbatch_size\b.*bool"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call, match):

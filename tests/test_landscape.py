@@ -169,3 +169,9 @@ def test_bad_params_a_and_batch_size(path):
         path(_FN, {}, {}, ALPHAS)
     with pytest.raises(ValueError, match="batch_size"):
         path(_FN, _A, _A, ALPHAS, batch_size=0)
+    for bad in (True, 2.0, "4"):  # True is not 1: bools are refused like any non-integer
+        with pytest.raises(ValueError, match=r"^batch_size must be None or an integer >= 1"):
+            path(_FN, _A, _A, ALPHAS, batch_size=bad)
+    np.testing.assert_array_equal(
+        path(_FN, _A, _A, ALPHAS, batch_size=np.int64(4)), path(_FN, _A, _A, ALPHAS, batch_size=4)
+    )

@@ -164,3 +164,22 @@ def test_build_model_rejects_bad_arguments():
         build_model("c5", 10)
     with pytest.raises(ValueError, match="num_classes"):
         build_model("mlp", 1)
+    for bad in (10.0, True, "10", None):
+        with pytest.raises(ValueError, match=r"^num_classes must be an integer >= 2"):
+            build_model("mlp", bad)
+    with pytest.raises(ValueError, match=r"^hidden\[1\] must be an integer >= 1, got 0$"):
+        build_model("mlp", 10, hidden=(16, 0))
+    with pytest.raises(ValueError, match=r"^hidden\[0\] must be an integer .* \(a bool\)$"):
+        build_model("mlp", 10, hidden=(True,))
+    with pytest.raises(ValueError, match=r"^hidden must be a sequence of integers >= 1, got 16$"):
+        build_model("mlp", 10, hidden=16)
+    assert build_model("mlp", np.int64(3), hidden=[np.int32(4)]) == build_model(
+        "mlp", 3, hidden=(4,)
+    )
+
+
+def test_init_variables_rejects_bad_input_shapes():
+    model = build_model("mlp", 3, hidden=(4,))
+    for bad in ((8, 0), (8.0,), 8, (True,)):
+        with pytest.raises(ValueError, match=r"^input_shape"):
+            init_variables(model, jax.random.key(0), bad)
