@@ -1,6 +1,7 @@
 """flatmin.train: Adam steps, vmapped seeds, stopping rules, divergence, bad input."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import flatmin.train
 from flatmin.data import load_dataset
 from flatmin.models import build_model, init_variables
 from flatmin.train import TrainConfig, TrainState, make_train_step, train_seeds
@@ -112,11 +114,136 @@ def test_a_diverged_seed_is_reported_and_the_others_finish(digits):
         ({"batch_size": 0}, "batch_size"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"patience": 0}, "patience"),
+        # bool is an int subclass: True is refused wherever a number is expected.
+        ({"patience": True}, r"^patience must be None or an integer >= 1, got True \(a bool\)"),
+        ({"batch_size": True}, r"^batch_size must be an integer >= 1, got True \(a bool\)"),
+        ({"epochs": 2.0}, r"^epochs must be an integer >= 1, got 2\.0"),
+        ({"eval_chunk": 0}, r"^eval_chunk\b"),
+        ({"learning_rate": math.nan}, r"^learning_rate must be a finite number > 0, got nan"),
+        ({"learning_rate": math.inf}, r"^learning_rate\b"),
+        ({"learning_rate": True}, r"^learning_rate\b.*\(a bool\)"),
+        ({"learning_rate": "1e-3"}, r"^learning_rate\b"),
+        ({"target_loss": math.nan}, r"^target_loss must be None or a finite number >= 0, got nan"),
+        ({"target_loss": -0.1}, r"^target_loss\b"),
+        ({"target_loss": math.inf}, r"^target_loss\b"),
+        ({"min_improvement": math.nan}, r"^min_improvement must be a finite number in \[0, 1\)"),
+        ({"min_improvement": 1.0}, r"^min_improvement\b.*got 1\.0"),
+        ({"min_improvement": -0.01}, r"^min_improvement\b"),
+        ({"min_improvement": False}, r"^min_improvement\b.*\(a bool\)"),
     ],
 )
 def test_bad_config_raises(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(SMALL, **changes)
+
+
+def test_config_numbers_are_stored_as_python_numbers():
+    config = dataclasses.replace(
+        SMALL, batch_size=np.int64(16), learning_rate=np.float32(0.5), target_loss=0, patience=2
+    )
+    assert type(config.batch_size) is int and config.batch_size == 16
+    assert type(config.learning_rate) is float and config.learning_rate == 0.5
+    assert type(config.target_loss) is float and config.min_improvement == 1e-2
+
+
+def _not_compiled(*args, **kwargs):
+    raise AssertionError("bad input reached the epoch program")
+
+
+def _with(array, index, value):
+    array = np.array(array)
+    array[index] = value
+    return array
+
+
+BAD_KEYS = [
+    ("single typed key", jax.random.key(0), r"^keys must be a 1-D array .*got a single key"),
+    ("typed keys (2, 2)", jax.random.split(jax.random.key(0), (2, 2)), r"^keys .* shape \(2, 2\)"),
+    ("single raw key", jax.random.PRNGKey(0), r"^keys must be .*\(a single raw key\)"),
+    ("raw keys (3, 4)", np.zeros((3, 4), np.uint32), r"^keys must be typed .* shape \(3, 4\)"),
+    ("raw float keys", np.zeros((3, 2), np.float32), r"^keys must be typed .* float32"),
+    ("no keys", jax.random.split(jax.random.key(0), 0), r"^keys must hold at least one"),
+    ("a list", [jax.random.key(0)], r"^keys must be an array .* got list"),
+]
+
+
+@pytest.mark.parametrize(("keys", "match"), [c[1:] for c in BAD_KEYS], ids=[c[0] for c in BAD_KEYS])
+def test_bad_keys_raise_before_training(digits, monkeypatch, keys, match):
+    monkeypatch.setattr(flatmin.train, "epoch_program", _not_compiled)
+    with pytest.raises(ValueError, match=match):
+        train_seeds(SMALL, keys, digits)
+
+
+def test_raw_key_data_is_accepted(digits):
+    keys = jax.random.split(jax.random.key(0), 2)
+    config = dataclasses.replace(SMALL, epochs=1)
+    typed, raw = (train_seeds(config, k, digits) for k in (keys, jax.random.key_data(keys)))
+    for a, b in zip(_leaves(typed.variables), _leaves(raw.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+BAD_DATA = [
+    (
+        "NaN input",
+        {"x_train": lambda d: _with(d.x_train, (3, 2, 2, 0), np.nan)},
+        r"^data\.x_train must be finite",
+    ),
+    (
+        "inf test input",
+        {"x_test": lambda d: _with(d.x_test, 0, np.inf)},
+        r"^data\.x_test must be finite",
+    ),
+    (
+        "label 10 of 10 classes",
+        {"y_train": lambda d: _with(d.y_train, 5, 10)},
+        r"^data\.y_train must hold class labels in \[0, 10\)",
+    ),
+    (
+        "negative test label",
+        {"y_test": lambda d: _with(d.y_test, 5, -1)},
+        r"^data\.y_test must hold class labels",
+    ),
+    (
+        "float labels",
+        {"y_train": lambda d: d.y_train.astype(np.float32)},
+        r"^data\.y_train must be a 1-D array of integer",
+    ),
+    (
+        "lengths differ",
+        {"y_train": lambda d: d.y_train[:-1]},
+        r"^data\.x_train and data\.y_train must hold the same number",
+    ),
+    (
+        "labels beyond num_classes",
+        {"num_classes": lambda d: 5},
+        r"^data\.y_train must hold class labels in \[0, 5\)",
+    ),
+    ("bad num_classes", {"num_classes": lambda d: 10.0}, r"^num_classes must be an integer >= 2"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"), [c[1:] for c in BAD_DATA], ids=[c[0] for c in BAD_DATA]
+)
+def test_bad_data_raises_before_training(digits, monkeypatch, changes, match):
+    monkeypatch.setattr(flatmin.train, "epoch_program", _not_compiled)
+    data = digits._replace(**{name: change(digits) for name, change in changes.items()})
+    with pytest.raises(ValueError, match=match):
+        train_seeds(SMALL, jax.random.split(jax.random.key(0), 2), data)
+
+
+@pytest.mark.parametrize("every", [True, 0, 2.0, None])
+def test_bad_checkpoint_every_raises_before_training(digits, monkeypatch, tmp_path, every):
+    monkeypatch.setattr(flatmin.train, "epoch_program", _not_compiled)
+    with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1"):
+        train_seeds(
+            SMALL,
+            jax.random.split(jax.random.key(0), 2),
+            digits,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=every,
+        )
+    assert not any(tmp_path.iterdir())
 
 
 def test_bad_batch_size_and_keys_raise_before_training(digits):
