@@ -166,8 +166,10 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
-    """``{"params": ..., "batch_stats": ...}`` for inputs of shape (batch, *input_shape)."""
+    """``{"params": ..., "batch_stats": ...}`` for inputs of shape (batch, *input_shape);
+    ``batch_stats`` is {} for a model without batch norm."""
     if isinstance(input_shape, str) or not isinstance(input_shape, Sequence):
         raise ValueError(f"input_shape must be a sequence of integers >= 1, got {input_shape!r}")
     input_shape = [check_int(f"input_shape[{i}]", d, minimum=1) for i, d in enumerate(input_shape)]
-    return model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)
+    variables = model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)
+    return {"batch_stats": {}, **variables}

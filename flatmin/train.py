@@ -169,7 +169,8 @@ def make_train_step(
                 rngs={"dropout": dropout_key},
             )
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, updates["batch_stats"])
+            # A model without batch norm has no "batch_stats" to update.
+            return loss, (logits, updates.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
@@ -350,7 +351,7 @@ def epoch_program(
         variables = init_fn(init_key)
         state = TrainState(
             params=variables["params"],
-            batch_stats=variables["batch_stats"],
+            batch_stats=variables.get("batch_stats", {}),  # {} without batch norm
             opt_state=optimizer.init(variables["params"]),
             key=dropout_key,
             step=jnp.zeros((), jnp.int32),

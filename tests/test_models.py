@@ -183,3 +183,10 @@ def test_init_variables_rejects_bad_input_shapes():
     for bad in ((8, 0), (8.0,), 8, (True,)):
         with pytest.raises(ValueError, match=r"^input_shape"):
             init_variables(model, jax.random.key(0), bad)
+
+
+def test_a_model_without_batch_norm_has_empty_batch_stats():
+    # train_seeds reads variables["batch_stats"]; it used to raise KeyError for such a model.
+    model = build_model("mlp", 3, hidden=(4,), batch_norm=False)
+    variables = init_variables(model, jax.random.key(0), (6,))
+    assert variables["batch_stats"] == {} and set(variables["params"]) == {"Dense_0", "Dense_1"}
