@@ -217,3 +217,10 @@ def test_sigkill_after_the_first_checkpoint_then_rerun_gives_the_same_results(tm
     ours.pop("seconds")
     theirs.pop("seconds")
     assert ours == theirs
+
+
+@pytest.mark.parametrize("every", [True, 0, 1.5, None])
+def test_a_bad_checkpoint_every_is_refused_before_anything_is_written(tmp_path, every):
+    with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1"):
+        RunDirectory(tmp_path / "out", "demo", {"name": "x"}, checkpoint_every=every)
+    assert not (tmp_path / "out").exists()
