@@ -36,7 +36,7 @@ def test_loss_matches_an_explicit_eval_mode_pass(c1_setup):
     # Same forward pass, but the sum over 23 examples runs in another order (per chunk, then
     # over chunks): float32 rounding of a 23-term sum is within ~23 ulps, so rtol 1e-5.
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    np.testing.assert_allclose(acc, accuracy)
+    assert round(float(acc) * 23) == round(float(accuracy) * 23)  # as counts: 1/23 may round
 
 
 # The oracle: forward passes written out in float64 NumPy (tests/forward_oracles.py), sharing
