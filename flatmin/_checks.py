@@ -164,6 +164,18 @@ def check_one_of(name: str, value: Any, choices: Collection[Any]) -> Any:
     return value
 
 
+def check_callable(name: str, value: Any, *, optional: bool = False) -> Any:
+    """`value` itself if it is callable (or None, with `optional`).
+
+    Raises:
+      ValueError: ``"{name} must be callable, got str"`` (``"callable or None"`` if optional).
+    """
+    if not (callable(value) or (optional and value is None)):
+        either = "callable or None" if optional else "callable"
+        raise ValueError(f"{name} must be {either}, got {type(value).__name__}")
+    return value
+
+
 def check_floating_pytree(name: str, tree: Any) -> int:
     """Checks that `tree` holds at least one array and only floating ones; returns the total
     number of elements.
@@ -214,8 +226,7 @@ def check_finite_array(name: str, value: Any) -> None:
 def check_loss_and_params(loss_fn: Callable[[Any], jax.Array], params: Any) -> int:
     """Validates `loss_fn` and `params` from their shapes alone (no loss is computed); returns n,
     the number of parameters. Raises ValueError naming the argument."""
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    check_callable("loss_fn", loss_fn)
     n = check_floating_pytree("params", params)
     out = jax.eval_shape(loss_fn, params)
     if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatmin._checks import check_floating_pytree, check_optional_int
+from flatmin._checks import check_callable, check_floating_pytree, check_optional_int
 
 PyTree = Any
 
@@ -98,8 +98,7 @@ _interpolate = jax.jit(_interpolate, static_argnames=("fn", "path", "batch_size"
 
 def _check_arguments(fn, params_a, params_b, alphas, batch_size) -> int | None:
     """Validates everything from shapes and dtypes alone; returns batch_size as an int."""
-    if not callable(fn):
-        raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+    check_callable("fn", fn)
     check_floating_pytree("params_a", params_a)
     structure_a, structure_b = jax.tree.structure(params_a), jax.tree.structure(params_b)
     if structure_a != structure_b:

@@ -20,6 +20,7 @@ import optax
 from tqdm.auto import tqdm
 
 from flatmin._checks import (
+    check_callable,
     check_float,
     check_int,
     check_one_of,
@@ -231,10 +232,7 @@ def train_seeds(
     keys = _check_keys(keys)
     mesh = check_mesh(mesh)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
-    if init_variables_fn is not None and not callable(init_variables_fn):
-        raise ValueError(
-            f"init_variables_fn must be callable or None, got {type(init_variables_fn).__name__}"
-        )
+    check_callable("init_variables_fn", init_variables_fn, optional=True)
     if data is None:
         data = load_dataset(config.dataset)
     model = build_model(config.model, data.num_classes, **config.model_kwargs)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from flatmin._checks import (
+    check_callable,
     check_finite_array,
     check_float,
     check_floating_pytree,
@@ -160,6 +161,17 @@ def test_check_one_of():
         check_one_of("solver", "x", ("lbfgsb", "pg"))
     with pytest.raises(ValueError, match=r"^solver must be one of .*, got \['lbfgsb'\]$"):
         check_one_of("solver", ["lbfgsb"], ("lbfgsb", "pg"))  # unhashable: not a choice
+
+
+def test_check_callable():
+    assert check_callable("fn", len) is len
+    assert check_callable("fn", None, optional=True) is None
+    with pytest.raises(ValueError, match=r"^fn must be callable, got str$"):
+        check_callable("fn", "len")
+    with pytest.raises(ValueError, match=r"^fn must be callable, got NoneType$"):
+        check_callable("fn", None)
+    with pytest.raises(ValueError, match=r"^fn must be callable or None, got int$"):
+        check_callable("fn", 3, optional=True)
 
 
 # check_floating_pytree and check_loss_and_params --------------------------------------------

@@ -390,6 +390,14 @@ def test_bad_data_raises_before_training(digits, monkeypatch, changes, match):
         train_seeds(SMALL, jax.random.split(jax.random.key(0), 2), data)
 
 
+def test_a_non_callable_init_variables_fn_raises_before_training(digits, monkeypatch):
+    monkeypatch.setattr(flatmin.train, "epoch_program", _not_compiled)
+    with pytest.raises(ValueError, match=r"^init_variables_fn must be callable or None, got dict"):
+        train_seeds(SMALL, jax.random.split(jax.random.key(0), 2), digits, init_variables_fn={})
+    with pytest.raises(ValueError, match=r"^config must be a flatmin\.TrainConfig, got dict"):
+        train_seeds(dataclasses.asdict(SMALL), jax.random.split(jax.random.key(0), 2), digits)
+
+
 @pytest.mark.parametrize("every", [True, 0, 2.0, None])
 def test_bad_checkpoint_every_raises_before_training(digits, monkeypatch, tmp_path, every):
     monkeypatch.setattr(flatmin.train, "epoch_program", _not_compiled)
