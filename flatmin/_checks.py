@@ -1,6 +1,17 @@
-"""Argument checks shared by every function that takes `loss_fn(params) -> scalar`."""
+"""Argument checks shared by flatmin's public functions.
 
-from collections.abc import Callable
+Every check raises ValueError with a message that starts with the argument's name and says what
+was expected and what was given, e.g. ``k must be an integer in [1, 8], got True (a bool)``. The
+scalar checks return the value as a plain Python int or float, so a checked value can be used
+as a static argument under `jax.jit`.
+
+bool is a subclass of int in Python; none of these checks accepts a bool where a number is
+expected (``batch_size=True`` is a mistake, not 1).
+"""
+
+import math
+import numbers
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -8,24 +19,219 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool | np.bool_) or (
+        isinstance(value, np.ndarray | jax.Array) and value.dtype == np.bool_
+    )
+
+
+def _got(value: Any) -> str:
+    """How the rejected value is shown in a message."""
+    if isinstance(value, np.generic):
+        value = value.item()  # 1.5, not np.float32(1.5)
+    if _is_bool(value):
+        return f"{value!r} (a bool)"
+    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) > 0:
+        return f"an array of shape {np.shape(value)}"
+    return repr(value)
+
+
+def _interval(
+    minimum: float | None, maximum: float | None, above: float | None, below: float | None
+) -> str:
+    """'>= 1', '> 0', 'in [0, 1)', ... or '' when there is no bound."""
+    low = (f"[{minimum}", minimum) if minimum is not None else (f"({above}", above)
+    high = (f"{maximum}]", maximum) if maximum is not None else (f"{below})", below)
+    if low[1] is not None and high[1] is not None:
+        return f" in {low[0]}, {high[0]}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if above is not None:
+        return f" > {above}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    if below is not None:
+        return f" < {below}"
+    return ""
+
+
+def _requirement(kind: str, interval: str, note: str, optional: bool) -> str:
+    note = f" ({note})" if note else ""
+    return f"{'None or ' if optional else ''}{kind}{interval}{note}"
+
+
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    note: str = "",
+    _optional: bool = False,
+) -> int:
+    """`value` as a Python int: an int or NumPy integer (not a bool) in [minimum, maximum].
+
+    Args:
+      name: the argument's name, as the caller spells it.
+      minimum, maximum: inclusive bounds; None for none.
+      note: appended in parentheses to the requirement, e.g. what a bound stands for.
+
+    Raises:
+      ValueError: ``"{name} must be an integer >= {minimum}, got {value!r}"`` and the like.
+    """
+    valid = isinstance(value, numbers.Integral) and not _is_bool(value)
+    if valid:
+        value = int(value)
+        valid = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not valid:
+        interval = _interval(minimum, maximum, None, None)
+        requirement = _requirement("an integer", interval, note, _optional)
+        raise ValueError(f"{name} must be {requirement}, got {_got(value)}")
+    return value
+
+
+def check_optional_int(name: str, value: Any, **bounds: Any) -> int | None:
+    """None, or `check_int(name, value, **bounds)`; the message says None is allowed."""
+    return None if value is None else check_int(name, value, **bounds, _optional=True)
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    note: str = "",
+    _optional: bool = False,
+) -> float:
+    """`value` as a finite Python float.
+
+    Accepted: Python and NumPy ints and floats and concrete 0-d real arrays (not bools, NaN,
+    infinities or complex numbers). Bounds: `minimum` / `maximum` are inclusive, `above` /
+    `below` exclusive (at most one of each pair): ``above=0`` for a positive number,
+    ``minimum=0`` for a non-negative one, ``minimum=0, below=1`` for [0, 1).
+
+    Raises:
+      ValueError: ``"{name} must be a finite number > 0, got nan"`` and the like.
+    """
+    if (minimum is not None and above is not None) or (maximum is not None and below is not None):
+        raise TypeError("check_float: give at most one lower and one upper bound")
+    number = None
+    if not _is_bool(value) and not isinstance(value, jax.core.Tracer):
+        if isinstance(value, numbers.Real):
+            number = float(value)
+        elif (
+            isinstance(value, np.ndarray | jax.Array)
+            and value.ndim == 0
+            and jnp.issubdtype(value.dtype, jnp.number)
+            and not jnp.issubdtype(value.dtype, jnp.complexfloating)
+        ):
+            number = float(value)
+    valid = number is not None and math.isfinite(number)
+    if valid:
+        valid = (
+            (minimum is None or number >= minimum)
+            and (above is None or number > above)
+            and (maximum is None or number <= maximum)
+            and (below is None or number < below)
+        )
+    if not valid:
+        interval = _interval(minimum, maximum, above, below)
+        requirement = _requirement("a finite number", interval, note, _optional)
+        raise ValueError(f"{name} must be {requirement}, got {_got(value)}")
+    return number
+
+
+def check_optional_float(name: str, value: Any, **bounds: Any) -> float | None:
+    """None, or `check_float(name, value, **bounds)`; the message says None is allowed."""
+    return None if value is None else check_float(name, value, **bounds, _optional=True)
+
+
+def check_one_of(name: str, value: Any, choices: Collection[Any]) -> Any:
+    """`value` itself if it is one of `choices` (compared by hash and equality).
+
+    Raises:
+      ValueError: ``"{name} must be one of {choices}, got {value!r}"``.
+    """
+    try:
+        valid = value in set(choices)
+    except TypeError:  # unhashable: a list, an array
+        valid = False
+    if not valid:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_callable(name: str, value: Any, *, optional: bool = False) -> Any:
+    """`value` itself if it is callable (or None, with `optional`).
+
+    Raises:
+      ValueError: ``"{name} must be callable, got str"`` (``"callable or None"`` if optional).
+    """
+    if not (callable(value) or (optional and value is None)):
+        either = "callable or None" if optional else "callable"
+        raise ValueError(f"{name} must be {either}, got {type(value).__name__}")
+    return value
+
+
+def check_floating_pytree(name: str, tree: Any) -> int:
+    """Checks that `tree` holds at least one array and only floating ones; returns the total
+    number of elements.
+
+    Raises:
+      ValueError: ``"{name} must contain at least one array, got an empty pytree"``, or
+        ``"{name} must hold floating arrays; leaf ['b'] has dtype int32"``.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    if not leaves:
+        raise ValueError(f"{name} must contain at least one array, got an empty pytree")
+    for path, leaf in leaves:
+        try:
+            dtype = jnp.result_type(leaf)
+        except TypeError:
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"{name} must hold floating arrays; leaf {jax.tree_util.keystr(path)} has "
+                f"{'dtype ' + str(dtype) if dtype is not None else 'type ' + type(leaf).__name__}"
+            )
+    return sum(int(np.size(leaf)) for _, leaf in leaves)
+
+
+def is_concrete(tree: Any) -> bool:
+    """Whether every leaf of `tree` has a value now (none is traced by jit, vmap or grad)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def check_finite_array(name: str, value: Any) -> None:
+    """Checks that a concrete floating array holds no NaN or infinity; a traced or non-floating
+    one passes unchecked (its values are unknown, or always finite).
+
+    Raises:
+      ValueError: ``"{name} must be finite, but it holds NaN or infinite values"``.
+    """
+    if not is_concrete(value) or not jnp.issubdtype(jnp.result_type(value), jnp.inexact):
+        return
+    xp = np if isinstance(value, np.ndarray) else jnp
+    # A concrete array met while tracing (a constant closed over by a jitted function) is
+    # checked now, not staged into the traced program.
+    with jax.ensure_compile_time_eval():
+        finite = bool(xp.isfinite(value).all())
+    if not finite:
+        raise ValueError(f"{name} must be finite, but it holds NaN or infinite values")
+
+
 def check_loss_and_params(loss_fn: Callable[[Any], jax.Array], params: Any) -> int:
     """Validates `loss_fn` and `params` from their shapes alone (no loss is computed); returns n,
     the number of parameters. Raises ValueError naming the argument."""
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError("params must contain at least one array, got an empty pytree")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"params must hold floating arrays; leaf {jax.tree_util.keystr(path)} has dtype "
-                f"{jnp.result_type(leaf)}"
-            )
+    check_callable("loss_fn", loss_fn)
+    n = check_floating_pytree("params", params)
     out = jax.eval_shape(loss_fn, params)
     if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
         raise ValueError(
             f"loss_fn must return a floating scalar, got {getattr(out, 'shape', out)} "
             f"of dtype {getattr(out, 'dtype', type(out).__name__)}"
         )
-    return sum(int(np.size(leaf)) for leaf in leaves)
+    return n

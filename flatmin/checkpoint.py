@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flatmin._checks import check_int
 from flatmin.sharding import is_writer
 
 PyTree = Any
@@ -105,6 +106,7 @@ class Checkpoints:
 
     def save(self, step: int, tree: PyTree, meta: Mapping[str, Any]) -> None:
         """Saves `tree` (arrays) and `meta` (JSON) as checkpoint `step`, replacing the last."""
+        step = check_int("step", step, minimum=0)
         meta = {"fingerprint": self.fingerprint, **json_ready(meta)}
         self._manager.save(
             step,
@@ -161,6 +163,7 @@ class RunDirectory:
 
     Raises:
       CheckpointError: naming the file or directory, before anything is written.
+      ValueError: checkpoint_every not an integer >= 1 (a bool included).
     """
 
     def __init__(
@@ -172,7 +175,7 @@ class RunDirectory:
         checkpoint_every: int = 5,
     ):
         self.out = Path(out)
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
         self.experiment = experiment
         self.config = json_ready(config)
         self._check_writable()

@@ -16,10 +16,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from flatmin._checks import check_loss_and_params
+from flatmin._checks import check_int, check_loss_and_params, check_optional_int
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
@@ -118,18 +117,15 @@ def hessian_eigenvalues(
       ValueError: for bad arguments, before any work.
     """
     n = check_loss_and_params(loss_fn, params)
-    if not isinstance(k, int | np.integer) or not 1 <= k <= n:
-        raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
+    k = check_int("k", k, minimum=1, maximum=n, note=f"n = {n}, the number of parameters")
     if num_iterations is None:
         num_iterations = min(n, max(2 * k + 20, 40))
-    if not isinstance(num_iterations, int | np.integer) or not k <= num_iterations <= n:
-        raise ValueError(
-            f"num_iterations must be an integer with k = {k} <= num_iterations <= n = {n}, "
-            f"got {num_iterations!r}"
-        )
+    num_iterations = check_int(
+        "num_iterations", num_iterations, minimum=k, maximum=n, note=f"from k = {k} to n = {n}"
+    )
     if key is None:
         key = jax.random.key(0)
-    return _lanczos(loss_fn, params, key, int(k), int(num_iterations), bool(return_eigenvectors))
+    return _lanczos(loss_fn, params, key, k, num_iterations, bool(return_eigenvectors))
 
 
 def hessian_trace(
@@ -165,15 +161,11 @@ def hessian_trace(
       ValueError: for bad arguments, before any work.
     """
     check_loss_and_params(loss_fn, params)
-    if not isinstance(num_samples, int | np.integer) or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
-    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
-        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    num_samples = check_int("num_samples", num_samples, minimum=2)
+    batch_size = check_optional_int("batch_size", batch_size, minimum=1)
     if key is None:
         key = jax.random.key(0)
-    return _hutchinson(
-        loss_fn, params, key, int(num_samples), None if batch_size is None else int(batch_size)
-    )
+    return _hutchinson(loss_fn, params, key, num_samples, batch_size)
 
 
 def _flat_hvp(loss_fn: LossFn, params: PyTree) -> tuple[jax.Array, Callable, Callable]:

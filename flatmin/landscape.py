@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flatmin._checks import check_callable, check_floating_pytree, check_optional_int
+
 PyTree = Any
 
 
@@ -48,7 +50,7 @@ def interpolate(
       ValueError: for bad arguments, before any work.
     """
     alphas = jnp.asarray(alphas)
-    _check_arguments(fn, params_a, params_b, alphas, batch_size)
+    batch_size = _check_arguments(fn, params_a, params_b, alphas, batch_size)
     return _interpolate(fn, params_a, params_b, alphas, "line", batch_size)
 
 
@@ -65,7 +67,7 @@ def interpolate_curved(
     The arguments and the output are those of `interpolate`.
     """
     alphas = jnp.asarray(alphas)
-    _check_arguments(fn, params_a, params_b, alphas, batch_size)
+    batch_size = _check_arguments(fn, params_a, params_b, alphas, batch_size)
     return _interpolate(fn, params_a, params_b, alphas, "curve", batch_size)
 
 
@@ -94,18 +96,10 @@ def _interpolate(fn, params_a, params_b, alphas, path, batch_size):
 _interpolate = jax.jit(_interpolate, static_argnames=("fn", "path", "batch_size"))
 
 
-def _check_arguments(fn, params_a, params_b, alphas, batch_size) -> None:
-    """Validates everything from shapes and dtypes alone."""
-    if not callable(fn):
-        raise ValueError(f"fn must be callable, got {type(fn).__name__}")
-    if not jax.tree.leaves(params_a):
-        raise ValueError("params_a must contain at least one array, got an empty pytree")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params_a):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"params_a must hold floating arrays; leaf {jax.tree_util.keystr(path)} has "
-                f"dtype {jnp.result_type(leaf)}"
-            )
+def _check_arguments(fn, params_a, params_b, alphas, batch_size) -> int | None:
+    """Validates everything from shapes and dtypes alone; returns batch_size as an int."""
+    check_callable("fn", fn)
+    check_floating_pytree("params_a", params_a)
     structure_a, structure_b = jax.tree.structure(params_a), jax.tree.structure(params_b)
     if structure_a != structure_b:
         raise ValueError(
@@ -127,5 +121,4 @@ def _check_arguments(fn, params_a, params_b, alphas, batch_size) -> None:
             f"alphas must be a 1-D array of real numbers, got shape {alphas.shape} of dtype "
             f"{alphas.dtype}"
         )
-    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
-        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    return check_optional_int("batch_size", batch_size, minimum=1)

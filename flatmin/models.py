@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flatmin._checks import check_int, check_one_of
+
 # The authors' Keras code normalised with per-batch statistics even at test time, so it never
 # depended on the running averages. Here evaluation uses them, and momentum 0.9 (PyTorch's default)
 # lets them track the weights within a few dozen steps: large-batch runs take only 10 steps per
@@ -145,15 +147,29 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """The network called ``name`` (one of MODELS) with ``num_classes`` outputs.
 
     kwargs override the architecture's fields (e.g. ``hidden`` or ``batch_norm`` for the MLPs).
+
+    Raises:
+      ValueError: naming the argument: an unknown name, num_classes not an integer >= 2, or
+        hidden widths that are not integers >= 1.
     """
-    if name not in _ARCHITECTURES:
-        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    check_one_of("name", name, MODELS)
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    if "hidden" in kwargs:
+        hidden = kwargs["hidden"]
+        if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+            raise ValueError(f"hidden must be a sequence of integers >= 1, got {hidden!r}")
+        kwargs["hidden"] = tuple(
+            check_int(f"hidden[{i}]", w, minimum=1) for i, w in enumerate(hidden)
+        )
     cls, defaults = _ARCHITECTURES[name]
     return cls(num_classes=num_classes, **(defaults | kwargs))
 
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
-    """``{"params": ..., "batch_stats": ...}`` for inputs of shape (batch, *input_shape)."""
-    return model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)
+    """``{"params": ..., "batch_stats": ...}`` for inputs of shape (batch, *input_shape);
+    ``batch_stats`` is {} for a model without batch norm."""
+    if isinstance(input_shape, str) or not isinstance(input_shape, Sequence):
+        raise ValueError(f"input_shape must be a sequence of integers >= 1, got {input_shape!r}")
+    input_shape = [check_int(f"input_shape[{i}]", d, minimum=1) for i, d in enumerate(input_shape)]
+    variables = model.init({"params": key}, jnp.zeros((1, *input_shape)), train=False)
+    return {"batch_stats": {}, **variables}

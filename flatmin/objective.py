@@ -19,7 +19,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from flatmin._checks import check_finite_array, check_int, is_concrete
 
 PyTree = Any
 
@@ -36,9 +39,26 @@ def evaluate(
     """Mean cross-entropy (nats) and accuracy (fraction) over all N examples, evaluation mode.
 
     Args:
-      x: (N, ...) inputs; y: (N,) integer labels.
+      model: called as ``model.apply(variables, x, train=False)``, mapping (n, ...) inputs to
+        (n, num_classes) logits.
+      x: (N, ...) inputs, N >= 1; y: (N,) integer labels in [0, num_classes).
       chunk_size: examples per forward pass; the last chunk is padded and masked.
+
+    Raises:
+      ValueError: naming the argument, before anything is compiled: see `check_examples`.
+        Under `jax.jit` or `jax.vmap` with x or y traced (as in `train_seeds`' epoch
+        program), only their shapes and dtypes are checked: NaN or infinite inputs and labels
+        outside [0, num_classes) then go unnoticed. They give a NaN loss, except labels in
+        [-num_classes, 0), which silently count as label + num_classes; so check the data
+        before tracing.
     """
+    variables = {"params": params, "batch_stats": batch_stats}
+    chunk_size = check_examples(model, x, y, chunk_size, variables=variables)
+    return _evaluate(model, params, batch_stats, x, y, chunk_size)
+
+
+def _evaluate(model, params, batch_stats, x, y, chunk_size):
+    """`evaluate` without the argument checks."""
     n = x.shape[0]
     (x, y), mask = _chunks((x, y), chunk_size)
     variables = {"params": params, "batch_stats": batch_stats}
@@ -65,12 +85,94 @@ def make_loss_fn(
     """f(params) -> scalar: the evaluation-mode mean cross-entropy over (x, y).
 
     batch_stats (the running statistics) stay fixed: they are not parameters being perturbed.
+
+    Raises:
+      ValueError: naming the argument, here and not when f is called: see `check_examples`
+        (num_classes from the width of the model's freshly initialised output). With x or y
+        traced (make_loss_fn called under `jax.jit`), only their shapes and dtypes are checked,
+        as in `evaluate`.
     """
+    chunk_size = check_examples(model, x, y, chunk_size)
 
     def loss_fn(params: PyTree) -> jax.Array:
-        return evaluate(model, params, batch_stats, x, y, chunk_size=chunk_size)[0]
+        return _evaluate(model, params, batch_stats, x, y, chunk_size)[0]
 
     return loss_fn
+
+
+def check_examples(
+    model: nn.Module,
+    x: jax.Array,
+    y: jax.Array,
+    chunk_size: int = 1,
+    *,
+    variables: PyTree | None = None,
+    x_name: str = "x",
+    y_name: str = "y",
+) -> int:
+    """Checks a data set (x, y) for `evaluate`; returns chunk_size as an int.
+
+    From shapes and dtypes alone (also under `jax.jit`): x has a leading example axis of
+    N >= 1 examples; y is a 1-D integer array (not floating, not bool) of N labels;
+    chunk_size is an integer >= 1 (not a bool); the model maps x's examples to (n,
+    num_classes) logits (found by `jax.eval_shape` of ``model.apply(variables, ...)``, or of
+    ``model.init_with_output`` when `variables` is None: nothing is computed). When x and y
+    are concrete, also their values: x holds no NaN or infinity, and every label lies in
+    [0, num_classes). A traced x or y (under jit or vmap) has no values to check.
+
+    Raises:
+      ValueError: naming the argument (`x_name`, `y_name`, "chunk_size" or "model").
+    """
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    x_shape, y_shape = np.shape(x), np.shape(y)
+    if len(x_shape) < 1 or x_shape[0] < 1:
+        raise ValueError(
+            f"{x_name} must have a leading example axis with at least one example, got shape "
+            f"{x_shape}"
+        )
+    y_dtype = jnp.result_type(y)
+    if len(y_shape) != 1 or not jnp.issubdtype(y_dtype, jnp.integer):
+        raise ValueError(
+            f"{y_name} must be a 1-D array of integer class labels, got shape {y_shape} of "
+            f"dtype {y_dtype}"
+        )
+    if y_shape[0] != x_shape[0]:
+        raise ValueError(
+            f"{x_name} and {y_name} must hold the same number of examples: {x_name} has "
+            f"{x_shape[0]}, {y_name} has {y_shape[0]}"
+        )
+    num_classes = _num_classes(model, x, variables)
+    check_finite_array(x_name, x)
+    if is_concrete(y):
+        with jax.ensure_compile_time_eval():
+            xp = np if isinstance(y, np.ndarray) else jnp
+            low, high = int(xp.min(y)), int(xp.max(y))
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{y_name} must hold class labels in [0, {num_classes}) (num_classes = "
+                f"{num_classes}, the width of the model's output), got labels from {low} to {high}"
+            )
+    return chunk_size
+
+
+def _num_classes(model: nn.Module, x: jax.Array, variables: PyTree | None) -> int:
+    """The width of the model's logits for one example of x, from shapes alone."""
+    one = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.result_type(x))
+    if variables is None:
+        out = jax.eval_shape(
+            lambda xs: model.init_with_output(jax.random.key(0), xs, train=False)[0], one
+        )
+    else:
+        shapes = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), variables
+        )
+        out = jax.eval_shape(lambda v, xs: model.apply(v, xs, train=False), shapes, one)
+    if getattr(out, "ndim", None) != 2 or out.shape[0] != 1:
+        raise ValueError(
+            "model must map (n, ...) inputs to (n, num_classes) logits; for inputs of shape "
+            f"{one.shape} it returns {jax.tree.map(lambda o: o.shape, out)}"
+        )
+    return out.shape[1]
 
 
 def batch_norm_statistics(
@@ -97,17 +199,17 @@ def batch_norm_statistics(
         BatchNorm layer is called once per forward pass, directly (not under a lifted
         transform such as `nn.scan`), and without a ``mask``.
       params: the model's ``params``.
-      x: (N, ...) inputs, N >= 1.
+      x: (N, ...) inputs, N >= 1, without NaN or infinities (checked when x is concrete).
       chunk_size: examples per forward pass; the last chunk is padded and masked.
 
     Returns:
       A ``batch_stats`` pytree shaped as ``model.init`` makes it ({} for a model without batch
       norm), to use with ``evaluate(model, params, batch_stats, ...)``.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     if jnp.ndim(x) < 1 or jnp.shape(x)[0] < 1:
         raise ValueError(f"x must have a leading example axis of size >= 1, got {jnp.shape(x)}")
+    check_finite_array("x", x)
     return _batch_norm_statistics(model, params, jnp.asarray(x), chunk_size)
 
 

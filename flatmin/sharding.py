@@ -12,6 +12,7 @@ needs the others' memory.
 """
 
 import math
+import re
 from typing import Any
 
 import jax
@@ -19,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flatmin._checks import check_int
 
 SEED_AXIS = "seeds"
 
@@ -119,15 +122,36 @@ def is_writer() -> bool:
 def initialize_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
     """Joins a multi-process run (`jax.distributed.initialize`); call before any JAX work.
 
+    Args:
+      coordinator: where process 0 serves the coordination service: "host:port", or
+        "unix:/path/to/socket" (a Unix domain socket, for processes on one machine: a file
+        path no other program can take, unlike a TCP port picked in advance).
+      num_processes: how many processes, >= 1.
+      process_id: this process's index, in [0, num_processes).
+
     On CPU the processes exchange data through gloo, which JAX needs told explicitly.
     """
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
-    if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+    if not isinstance(coordinator, str) or not (
+        coordinator.startswith("unix:") or re.fullmatch(r".+:\d+", coordinator)
+    ):
         raise ValueError(
-            f"process_id must be an integer in [0, {num_processes}), got {process_id!r}"
+            f"coordinator must be a 'host:port' or 'unix:/path' string, got {coordinator!r}"
         )
+    num_processes = check_int("num_processes", num_processes, minimum=1)
+    process_id = check_int(
+        "process_id",
+        process_id,
+        minimum=0,
+        maximum=num_processes - 1,
+        note=f"num_processes = {num_processes}",
+    )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # jax binds process 0's service to "[::]:<port of coordinator>" unless told otherwise; a
+    # Unix socket is served at its own address.
+    bind = coordinator if coordinator.startswith("unix:") else None
     jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        coordinator_bind_address=bind,
     )

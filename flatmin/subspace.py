@@ -4,7 +4,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+
+from flatmin._checks import check_floating_pytree, check_int, check_one_of
 
 DISTRIBUTIONS = ("gaussian", "uniform")
 
@@ -28,17 +29,19 @@ def random_subspace(
     Gaussian columns 1.8 (small batch) to 13 (full batch), the scale of the paper's Table 4.
     Unnormalised columns have norm ~sqrt(n), so y moves x much further than the box size
     suggests. Record `distribution` and `normalize` with every result.
+
+    Raises:
+      ValueError: naming the argument: params empty or not all floating, p not an integer
+        (a bool or a float included) in [1, n], an unknown distribution.
     """
-    x, _ = ravel_pytree(params)
-    n = x.size
-    if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= n:
-        raise ValueError(f"p must be an integer with 1 <= p <= n = {n} (parameters), got {p!r}")
+    n = check_floating_pytree("params", params)
+    p = check_int("p", p, minimum=1, maximum=n, note=f"n = {n}, the number of parameters")
+    check_one_of("distribution", distribution, DISTRIBUTIONS)
+    dtype = jnp.result_type(*jax.tree.leaves(params))  # as ravel_pytree(params) would have it
     if distribution == "gaussian":
-        A = jax.random.normal(key, (n, p), x.dtype)
-    elif distribution == "uniform":
-        A = jax.random.uniform(key, (n, p), x.dtype, minval=-1.0, maxval=1.0)
+        A = jax.random.normal(key, (n, p), dtype)
     else:
-        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        A = jax.random.uniform(key, (n, p), dtype, minval=-1.0, maxval=1.0)
     if normalize:
         A = A / jnp.linalg.norm(A, axis=0, keepdims=True)
     return A

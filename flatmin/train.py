@@ -7,7 +7,6 @@ seed's result is exactly its state at the epoch it stopped.
 """
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,10 +19,18 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from flatmin._checks import (
+    check_callable,
+    check_float,
+    check_int,
+    check_one_of,
+    check_optional_float,
+    check_optional_int,
+)
 from flatmin.checkpoint import Checkpoints
 from flatmin.data import DATASETS, Dataset, load_dataset
 from flatmin.models import MODELS, build_model, init_variables
-from flatmin.objective import evaluate
+from flatmin.objective import check_examples, evaluate
 from flatmin.sharding import (
     check_mesh,
     gather,
@@ -49,12 +56,17 @@ class TrainConfig:
       epochs: the most epochs any seed trains.
       learning_rate: Adam's step size (betas 0.9 / 0.999, eps 1e-8: the paper's Keras defaults).
       target_loss: stop a seed once its evaluation-mode training loss is <= this (minimisers
-        compared at equal loss); None to not use this rule.
+        compared at equal loss), a finite number >= 0; None to not use this rule.
       patience: stop a seed after this many epochs without a relative improvement of
         `min_improvement` in its best training loss (the paper's "until the loss ceased to
         improve"); None to not use this rule.
-      min_improvement: relative decrease of the training loss that counts as improving.
+      min_improvement: relative decrease of the training loss that counts as improving, in
+        [0, 1).
       eval_chunk: examples per forward pass when evaluating on whole data sets.
+
+    Every field is checked when the config is made: ValueError naming the field for an unknown
+    model or dataset, sizes that are not integers >= 1 (bools included), a learning rate that
+    is not a finite number > 0, a NaN or negative target loss, and so on.
     """
 
     model: str = "mlp"
@@ -69,20 +81,22 @@ class TrainConfig:
     eval_chunk: int = 2048
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        for name in ("batch_size", "epochs", "eval_chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
-        if self.target_loss is not None and not self.target_loss >= 0:
-            raise ValueError(f"target_loss must be >= 0 or None, got {self.target_loss}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
+        """Validates every field (ValueError naming it) and stores numbers as int / float."""
+        check_one_of("model", self.model, MODELS)
+        check_one_of("dataset", self.dataset, DATASETS)
+        checked = {
+            "batch_size": check_int("batch_size", self.batch_size, minimum=1),
+            "epochs": check_int("epochs", self.epochs, minimum=1),
+            "eval_chunk": check_int("eval_chunk", self.eval_chunk, minimum=1),
+            "learning_rate": check_float("learning_rate", self.learning_rate, above=0),
+            "target_loss": check_optional_float("target_loss", self.target_loss, minimum=0),
+            "patience": check_optional_int("patience", self.patience, minimum=1),
+            "min_improvement": check_float(
+                "min_improvement", self.min_improvement, minimum=0, below=1
+            ),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # frozen: np.int64(32) -> 32, and so on
 
 
 class TrainState(NamedTuple):
@@ -156,7 +170,8 @@ def make_train_step(
                 rngs={"dropout": dropout_key},
             )
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, updates["batch_stats"])
+            # A model without batch norm has no "batch_stats" to update.
+            return loss, (logits, updates.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
@@ -204,21 +219,37 @@ def train_seeds(
 
     Returns:
       A `TrainResult` (NumPy arrays, padding dropped).
+
+    Raises:
+      ValueError: naming the argument, before anything is compiled: keys that are not a 1-D
+        array of S >= 1 keys (a single unsplit key included), a bad mesh or checkpoint_every,
+        and data that `flatmin.objective.check_examples` refuses (NaN or infinite inputs,
+        labels outside [0, data.num_classes), x and y of different lengths, float labels),
+        or a batch_size larger than the training set.
     """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a flatmin.TrainConfig, got {type(config).__name__}")
     keys = _check_keys(keys)
     mesh = check_mesh(mesh)
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
-        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+    check_callable("init_variables_fn", init_variables_fn, optional=True)
     if data is None:
         data = load_dataset(config.dataset)
+    model = build_model(config.model, data.num_classes, **config.model_kwargs)
+    for split in ("train", "test"):
+        check_examples(
+            model,
+            getattr(data, f"x_{split}"),
+            getattr(data, f"y_{split}"),
+            config.eval_chunk,
+            x_name=f"data.x_{split}",
+            y_name=f"data.y_{split}",
+        )
     n = data.x_train.shape[0]
     if config.batch_size > n:
         raise ValueError(
             f"batch_size ({config.batch_size}) is larger than the training set ({n} examples)"
         )
-    model = build_model(config.model, data.num_classes, **config.model_kwargs)
     optimizer = optax.adam(config.learning_rate)
     init_fn = init_variables_fn or (lambda key: init_variables(model, key, data.x_train.shape[1:]))
     start, epoch_fn = epoch_program(config, model, optimizer, init_fn)
@@ -318,7 +349,7 @@ def epoch_program(
         variables = init_fn(init_key)
         state = TrainState(
             params=variables["params"],
-            batch_stats=variables["batch_stats"],
+            batch_stats=variables.get("batch_stats", {}),  # {} without batch norm
             opt_state=optimizer.init(variables["params"]),
             key=dropout_key,
             step=jnp.zeros((), jnp.int32),
@@ -420,13 +451,25 @@ def _update_stop(config: TrainConfig, stop: StopState, loss: jax.Array) -> StopS
     )
 
 
-def _check_keys(keys: jax.Array) -> jax.Array:
-    """(S,) typed keys from typed or raw uint32 keys; S >= 1."""
-    keys = jnp.asarray(keys)
-    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        if keys.ndim != 2:
-            raise ValueError(f"keys must be (S,) PRNG keys, got an array of shape {keys.shape}")
+def _check_keys(keys: Any) -> jax.Array:
+    """(S,) typed keys from (S,) typed keys or (S, *key_shape) raw uint32 key data; S >= 1."""
+    split = "one key per seed, e.g. jax.random.split(jax.random.key(0), S)"
+    if not isinstance(keys, jax.Array | np.ndarray):
+        raise ValueError(f"keys must be an array of {split}; got {type(keys).__name__}")
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        if keys.ndim != 1:
+            single = "a single key" if keys.ndim == 0 else f"keys of shape {keys.shape}"
+            raise ValueError(f"keys must be a 1-D array (S,) of {split}; got {single}")
+    else:
+        key_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+        if keys.dtype != np.uint32 or keys.shape[1:] != key_shape:
+            single = " (a single raw key)" if keys.shape == key_shape else ""
+            raise ValueError(
+                f"keys must be typed PRNG keys of shape (S,), or raw uint32 key data of shape "
+                f"(S, {', '.join(map(str, key_shape))}) for the default PRNG implementation: "
+                f"{split}; got {keys.dtype} data of shape {keys.shape}{single}"
+            )
         keys = jax.random.wrap_key_data(keys)
-    if keys.ndim != 1 or keys.shape[0] < 1:
+    if keys.shape[0] < 1:
         raise ValueError(f"keys must hold at least one seed's key, shape (S,), got {keys.shape}")
     return keys

@@ -48,6 +48,36 @@ def _quadratic(seed: int = 0, dtype=np.float32):
     return f, H.astype(dtype).astype(np.float64), g.astype(dtype).astype(np.float64), c
 
 
+U32 = float(np.finfo(np.float32).eps) / 2  # float32's unit roundoff
+
+
+def _reordering_atol(a, b, alphas, curved: bool = False, seed: int = 0) -> np.ndarray:
+    """How far apart two float32 evaluations of `_quadratic(seed)` at the path's points may
+    be when they sum in different orders (vmapped or in batches, jitted or not), per alpha.
+
+    The standard bound for an m-term float32 sum is gamma_m = m u times the sum of the terms'
+    magnitudes. f = 1/2 x.(H x) + g.x + c nests two n-term products (n = 23), then g.x and
+    two additions, so each evaluation errs by at most (2n + 4) u S, with S = 1/2 |x|.|H| |x|
+    + |g|.|x| + |c|; a point rounded differently (a fused multiply-add) moves f by one more u S.
+    Two evaluations: 2 (2n + 5) u S, about 6e-6 S; S is up to 60 |f| here (H is indefinite,
+    its terms cancel). A fresh clone saw 1.4e-6 of |f| against the rtol 1e-6 used before; a
+    real fault (a value at the wrong alpha, a padded row kept) moves f by O(1)."""
+    _, H, g, c = _quadratic(seed)
+    alphas = np.asarray(alphas, np.float64)
+    if curved:
+        weights = np.cos(alphas * np.pi / 2), np.sin(alphas * np.pi / 2)
+    else:
+        weights = 1 - alphas, alphas
+    X = np.abs(weights[0][:, None] * _flat64(a) + weights[1][:, None] * _flat64(b))
+    S = 0.5 * np.einsum("ai,ij,aj->a", X, np.abs(H), X) + X @ np.abs(g) + abs(c)
+    return 2 * (2 * H.shape[0] + 5) * U32 * S
+
+
+def _assert_reordered_equal(got, want, atol: np.ndarray) -> None:
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+    assert np.all(diff <= atol), (diff, atol)
+
+
 def test_line_is_the_closed_form_quadratic_in_alpha():
     f, H, g, c = _quadratic()
     rng = np.random.default_rng(1)
@@ -58,11 +88,15 @@ def test_line_is_the_closed_form_quadratic_in_alpha():
     xa, d = _flat64(a), _flat64(b) - _flat64(a)
     f_a = 0.5 * xa @ H @ xa + g @ xa + c
     expected = f_a + ALPHAS * ((H @ xa + g) @ d) + ALPHAS**2 / 2 * (d @ H @ d)
+    # Against float64: rounding errors of random sign grow like sqrt(n) u S, a few 1e-6 of the
+    # largest value here (the worst case (2n + 4) u S of _reordering_atol is never reached).
     scale = np.abs(expected).max()
     np.testing.assert_allclose(values, expected, rtol=0, atol=1e-5 * scale)
-    # The endpoints are f(a) and f(b).
-    np.testing.assert_allclose(values[2], f(a), rtol=1e-6)
-    np.testing.assert_allclose(values[6], f(b), rtol=1e-6)
+    # The endpoints are f(a) and f(b) (the path hits them exactly; f vmapped sums in another
+    # order than f called alone).
+    atol = _reordering_atol(a, b, ALPHAS)
+    _assert_reordered_equal(values[2], f(a), atol[2])
+    _assert_reordered_equal(values[6], f(b), atol[6])
 
 
 @pytest.mark.parametrize("path", [interpolate, interpolate_curved])
@@ -96,10 +130,12 @@ def test_pytree_valued_fn():
     out = interpolate(fn, a, b, ALPHAS)
     assert out["loss"].shape == (9,)
     assert out["stats"][0].shape == (9,) and out["stats"][1].shape == (9, 4)
+    atol = _reordering_atol(a, b, ALPHAS)
     for i, alpha in enumerate(ALPHAS):
         point = jax.tree.map(lambda x, y, s=float(alpha): (1 - s) * x + s * y, a, b)
         expected = fn(point)
-        np.testing.assert_allclose(out["loss"][i], expected["loss"], rtol=1e-5, atol=1e-5)
+        _assert_reordered_equal(out["loss"][i], expected["loss"], atol[i])
+        # A 6-term sum and an elementwise product: within a few ulps.
         np.testing.assert_allclose(out["stats"][0][i], expected["stats"][0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out["stats"][1][i], expected["stats"][1], rtol=1e-5, atol=1e-6)
 
@@ -110,7 +146,10 @@ def test_batches_equal_all_at_once(path):
     rng = np.random.default_rng(5)
     a, b = _tree(rng), _tree(rng)
     at_once = path(f, a, b, ALPHAS)
-    np.testing.assert_allclose(path(f, a, b, ALPHAS, batch_size=4), at_once, rtol=1e-6)  # 4+4+1
+    batched = path(f, a, b, ALPHAS, batch_size=4)  # 4 + 4 + 1
+    _assert_reordered_equal(
+        batched, at_once, _reordering_atol(a, b, ALPHAS, path is not interpolate)
+    )
 
 
 def test_jit_and_integer_alphas():
@@ -118,9 +157,12 @@ def test_jit_and_integer_alphas():
     rng = np.random.default_rng(6)
     a, b = _tree(rng), _tree(rng)
     jitted = jax.jit(interpolate, static_argnums=0)(f, a, b, jnp.asarray(ALPHAS, jnp.float32))
-    np.testing.assert_allclose(jitted, interpolate(f, a, b, ALPHAS), rtol=1e-6)
-    np.testing.assert_allclose(
-        interpolate(f, a, b, np.arange(-1, 3)), interpolate(f, a, b, np.arange(-1.0, 3.0))
+    _assert_reordered_equal(jitted, interpolate(f, a, b, ALPHAS), _reordering_atol(a, b, ALPHAS))
+    integers = np.arange(-1, 3)
+    _assert_reordered_equal(
+        interpolate(f, a, b, integers),
+        interpolate(f, a, b, integers.astype(float)),
+        _reordering_atol(a, b, integers),
     )
 
 
@@ -169,3 +211,9 @@ def test_bad_params_a_and_batch_size(path):
         path(_FN, {}, {}, ALPHAS)
     with pytest.raises(ValueError, match="batch_size"):
         path(_FN, _A, _A, ALPHAS, batch_size=0)
+    for bad in (True, 2.0, "4"):  # True is not 1: bools are refused like any non-integer
+        with pytest.raises(ValueError, match=r"^batch_size must be None or an integer >= 1"):
+            path(_FN, _A, _A, ALPHAS, batch_size=bad)
+    np.testing.assert_array_equal(
+        path(_FN, _A, _A, ALPHAS, batch_size=np.int64(4)), path(_FN, _A, _A, ALPHAS, batch_size=4)
+    )

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from forward_oracles import deep_cnn_logits, mlp_logits, shallow_cnn_logits
 
 from flatmin.models import MODELS, build_model, init_variables
 
@@ -47,21 +48,93 @@ def test_model_names():
     assert MODELS == ("mlp", "f1", "f2", "c1", "c2", "c3", "c4")
 
 
+def _randomised(variables: dict, seed: int = 0) -> dict:
+    """The variables with BatchNorm scales, offsets and running statistics drawn at random:
+    from flax's start (1, 0, 0, 1) batch norm in evaluation mode is nearly the identity, and
+    an oracle that left it out, or mixed up its parts, would still agree."""
+    rng = np.random.default_rng(seed)
+    draw = {
+        "scale": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "bias": lambda shape: rng.normal(size=shape) * 0.3,
+        "mean": lambda shape: rng.normal(size=shape) * 0.3,
+        "var": lambda shape: rng.uniform(0.5, 2.0, shape),
+    }
+
+    def randomise(path, leaf):
+        layer, name = path[-2].key, path[-1].key
+        if not layer.startswith("BatchNorm"):
+            return leaf
+        return jax.numpy.asarray(draw[name](leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(randomise, variables)
+
+
+# name -> its float64 NumPy forward pass in evaluation mode (tests/forward_oracles.py).
+ORACLES = {
+    "mlp": lambda v, x: mlp_logits(v, x, 3),
+    "f1": lambda v, x: mlp_logits(v, x, 5),
+    "f2": lambda v, x: mlp_logits(v, x, 7),
+    "c1": shallow_cnn_logits,
+    "c3": shallow_cnn_logits,
+    "c2": deep_cnn_logits,
+    "c4": deep_cnn_logits,
+}
+
+
+def _assert_logits_close(got, want: np.ndarray, tol: float = 1e-5) -> None:
+    """float32 logits against float64 ones, within `tol` of the largest logit. In evaluation
+    mode each layer's sums (<= 4608 terms for C2's 3x3x512 convolutions) carry relative
+    rounding errors of a few float32 ulps times log2 of their length; over up to 15 layers
+    with well-conditioned batch norm (running variances in [0.5, 2]) the measured error is
+    4e-7 of the largest logit, so 1e-5 leaves a factor 25. Batch norm with flax's epsilon
+    replaced by 1e-3 moves logits by 7e-4 or more, 70 times the tolerance (checked below)."""
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.max(np.abs(want)))
+
+
+def _oracle_with_eps(name: str, variables: dict, x, eps: float) -> np.ndarray:
+    if name in ("mlp", "f1", "f2"):
+        return mlp_logits(variables, x, {"mlp": 3, "f1": 5, "f2": 7}[name], eps=eps)
+    return (shallow_cnn_logits if name in ("c1", "c3") else deep_cnn_logits)(variables, x, eps=eps)
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_logits_shape_on_8x8(name):
+def test_logits_on_8x8_equal_a_float64_numpy_forward_pass(name):
     model, variables = _init(name)
+    variables = _randomised(variables)
     assert set(variables) == {"params", "batch_stats"}
     # Batch 4 as in the other tests: eager JAX compiles each operation once per shape.
     x = _inputs((8, 8, 1), batch=4)
-    assert _apply(model, variables, x, train=False).shape == (4, NUM_CLASSES)
-    logits, _ = _apply(model, variables, x, train=True)
+    logits = _apply(model, variables, x, train=False)
     assert logits.shape == (4, NUM_CLASSES)
+    expected = ORACLES[name](variables, x)
+    _assert_logits_close(logits, expected)
+    other_eps = _oracle_with_eps(name, variables, x, 1e-3)  # the oracle discriminates
+    assert np.max(np.abs(other_eps - expected)) > 50 * 1e-5 * np.max(np.abs(expected))
+    train_logits, _ = _apply(model, variables, x, train=True)
+    assert train_logits.shape == (4, NUM_CLASSES)
+    if name in ("mlp", "f1", "f2"):
+        # The MLPs have no dropout: training mode is exactly batch norm by the batch's own
+        # statistics. flax computes the batch variance as E[h^2] - E[h]^2 in float32, which
+        # cancels digits where mean^2 >> variance (4 examples): measured up to 3.4e-5 of the
+        # largest logit (F2), hence 2e-4. Running statistics instead differ by over 1e-2.
+        batch_stat_logits = mlp_logits(variables, x, len(model.hidden), batch_statistics=True)
+        _assert_logits_close(train_logits, batch_stat_logits, tol=2e-4)
+        assert np.max(np.abs(batch_stat_logits - expected)) > 1e-2 * np.max(np.abs(expected))
+    # The conv nets' dropout makes training mode random: its shape only.
 
 
 @pytest.mark.parametrize("name", ["c1", "c2"])
-def test_logits_shape_on_cifar_images(name):
+def test_logits_on_cifar_images_equal_a_float64_numpy_forward_pass(name):
     model, variables = _init(name, (32, 32, 3))
-    assert _apply(model, variables, _inputs((32, 32, 3)), train=False).shape == (2, NUM_CLASSES)
+    variables = _randomised(variables, seed=1)
+    x = _inputs((32, 32, 3))
+    logits = _apply(model, variables, x, train=False)
+    assert logits.shape == (2, NUM_CLASSES)
+    expected = ORACLES[name](variables, x)
+    _assert_logits_close(logits, expected)
+    other_eps = _oracle_with_eps(name, variables, x, 1e-3)
+    assert np.max(np.abs(other_eps - expected)) > 50 * 1e-5 * np.max(np.abs(expected))
 
 
 def test_train_updates_running_statistics_with_momentum_0_9():
@@ -164,3 +237,29 @@ def test_build_model_rejects_bad_arguments():
         build_model("c5", 10)
     with pytest.raises(ValueError, match="num_classes"):
         build_model("mlp", 1)
+    for bad in (10.0, True, "10", None):
+        with pytest.raises(ValueError, match=r"^num_classes must be an integer >= 2"):
+            build_model("mlp", bad)
+    with pytest.raises(ValueError, match=r"^hidden\[1\] must be an integer >= 1, got 0$"):
+        build_model("mlp", 10, hidden=(16, 0))
+    with pytest.raises(ValueError, match=r"^hidden\[0\] must be an integer .* \(a bool\)$"):
+        build_model("mlp", 10, hidden=(True,))
+    with pytest.raises(ValueError, match=r"^hidden must be a sequence of integers >= 1, got 16$"):
+        build_model("mlp", 10, hidden=16)
+    assert build_model("mlp", np.int64(3), hidden=[np.int32(4)]) == build_model(
+        "mlp", 3, hidden=(4,)
+    )
+
+
+def test_init_variables_rejects_bad_input_shapes():
+    model = build_model("mlp", 3, hidden=(4,))
+    for bad in ((8, 0), (8.0,), 8, (True,)):
+        with pytest.raises(ValueError, match=r"^input_shape"):
+            init_variables(model, jax.random.key(0), bad)
+
+
+def test_a_model_without_batch_norm_has_empty_batch_stats():
+    # train_seeds reads variables["batch_stats"]; it used to raise KeyError for such a model.
+    model = build_model("mlp", 3, hidden=(4,), batch_norm=False)
+    variables = init_variables(model, jax.random.key(0), (6,))
+    assert variables["batch_stats"] == {} and set(variables["params"]) == {"Dense_0", "Dense_1"}

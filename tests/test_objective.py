@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits, shallow_cnn_logits
 
+import flatmin.objective
 from flatmin.models import build_model, init_variables
 from flatmin.objective import batch_norm_statistics, evaluate, make_loss_fn
 
@@ -31,8 +33,76 @@ def test_loss_matches_an_explicit_eval_mode_pass(c1_setup):
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
     loss, acc = evaluate(model, params, batch_stats, x, y)
-    np.testing.assert_allclose(loss, expected, rtol=1e-6)
-    np.testing.assert_allclose(acc, accuracy)
+    # Same forward pass, but the sum over 23 examples runs in another order (per chunk, then
+    # over chunks): float32 rounding of a 23-term sum is within ~23 ulps, so rtol 1e-5.
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert round(float(acc) * 23) == round(float(accuracy) * 23)  # as counts: 1/23 may round
+
+
+# The oracle: forward passes written out in float64 NumPy (tests/forward_oracles.py), sharing
+# no code with flax: Dense / Conv -> BatchNorm on the running statistics, (h - mean) /
+# sqrt(var + 1e-5) * scale + bias -> ReLU [-> max pool], dropout off, a last Dense with bias.
+
+
+def _np(a) -> np.ndarray:
+    return np.asarray(a, np.float64)
+
+
+def _check_against_numpy(logits_np: np.ndarray, evaluated, y) -> None:
+    # The oracle can be trusted on accuracy only where no two logits nearly tie.
+    top2 = np.sort(logits_np, axis=1)[:, -2:]
+    assert np.min(top2[:, 1] - top2[:, 0]) > 1e-3
+    loss_np, accuracy_np = loss_and_accuracy(logits_np, y)
+    assert 0 < accuracy_np < 1  # some right, some wrong: a swapped label or argmax would show
+    loss, accuracy = evaluated
+    # float32 forward pass against float64: each logit carries a relative error of a few
+    # hundred ulps at most (sums of <= 1600 products), far below 1e-5 of the loss.
+    np.testing.assert_allclose(loss, loss_np, rtol=1e-5)
+    assert round(float(accuracy) * len(y)) == round(accuracy_np * len(y))  # as counts
+
+
+@pytest.mark.parametrize("chunk_size", [2048, 5])
+def test_mlp_loss_and_accuracy_equal_a_float64_numpy_forward_pass(chunk_size):
+    model, params, x = _mlp_with_bn((16, 8))
+    rng = np.random.default_rng(1)
+    # Running statistics far from flax's (0, 1) start and from the batch's own: a model that
+    # normalised by the batch's statistics, or by none, would give other logits.
+    stats = {
+        f"BatchNorm_{i}": {
+            "mean": jnp.asarray(rng.normal(size=w), jnp.float32),
+            "var": jnp.asarray(rng.uniform(0.05, 3.0, size=w), jnp.float32),
+        }
+        for i, w in enumerate((16, 8))
+    }
+    y = jnp.asarray(rng.integers(0, 3, size=23), jnp.int32)
+    logits_np = mlp_logits({"params": params, "batch_stats": stats}, x, 2)
+    _check_against_numpy(logits_np, evaluate(model, params, stats, x, y, chunk_size=chunk_size), y)
+    np.testing.assert_allclose(
+        make_loss_fn(model, stats, x, y, chunk_size=chunk_size)(params),
+        loss_and_accuracy(logits_np, y)[0],
+        rtol=1e-5,
+    )
+    # The oracle discriminates: flax's epsilon replaced by 1e-3 moves the loss well past rtol.
+    other_eps = {"params": params, "batch_stats": stats}
+    other_eps = loss_and_accuracy(mlp_logits(other_eps, x, 2, eps=1e-3), y)[0]
+    assert abs(other_eps / loss_and_accuracy(logits_np, y)[0] - 1) > 1e-4
+
+
+def test_c1_loss_and_accuracy_equal_a_float64_numpy_forward_pass(c1_setup):
+    model, params, batch_stats, x, y = c1_setup
+    # Random BatchNorm scales and offsets (flax starts them at 1 and 0), so that a mix-up of
+    # the two, or of a layer's statistics with another's, would show.
+    rng = np.random.default_rng(4)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: (
+            jnp.asarray(rng.uniform(0.5, 1.5, p.shape) * np.sign(rng.normal(size=p.shape)), p.dtype)
+            if path[0].key.startswith("BatchNorm")
+            else p
+        ),
+        params,
+    )
+    logits_np = shallow_cnn_logits({"params": params, "batch_stats": batch_stats}, x)
+    _check_against_numpy(logits_np, evaluate(model, params, batch_stats, x, y, chunk_size=10), y)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, 23, 100])
@@ -54,8 +124,6 @@ def test_no_dropout_and_running_statistics(c1_setup):
 
 # batch_norm_statistics: the exact full-data statistics of every BatchNorm layer's input.
 
-BN_EPS = 1e-5  # flax's BatchNorm epsilon
-
 
 def _mlp_with_bn(hidden, seed=0):
     """An MLP with BatchNorm, random kernels, scales and offsets, and 23 off-centre inputs."""
@@ -65,10 +133,6 @@ def _mlp_with_bn(hidden, seed=0):
     params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
     x = jnp.asarray(rng.normal(size=(23, 6)) * 2 + 1, jnp.float32)
     return model, params, x
-
-
-def _np(a) -> np.ndarray:
-    return np.asarray(a, np.float64)
 
 
 @pytest.mark.parametrize("chunk_size", [23, 7, 1, 100])
@@ -150,3 +214,131 @@ def test_batch_norm_statistics_without_batch_norm_and_bad_chunk_size():
     assert batch_norm_statistics(model, params, jnp.ones((5, 6))) == {}
     with pytest.raises(ValueError, match="chunk_size"):
         batch_norm_statistics(model, params, jnp.ones((5, 6)), chunk_size=0)
+
+
+# Bad input: a ValueError naming the argument, before anything is evaluated.
+
+
+@pytest.fixture(scope="module")
+def mlp_setup():
+    """A 3-class MLP with batch norm, 23 examples of 6 features, labels 0..2."""
+    model, params, x = _mlp_with_bn((5,))
+    batch_stats = init_variables(model, jax.random.key(0), (6,))["batch_stats"]
+    y = jnp.asarray(np.arange(23) % 3, jnp.int32)
+    return model, params, batch_stats, x, y
+
+
+def _with(x, index, value):
+    x = np.array(x)
+    x[index] = value
+    return x
+
+
+BAD_EXAMPLES = [
+    ("different lengths", lambda x, y: (x, y[:-1]), r"^x and y must hold the same number .*23.*22"),
+    (
+        "label = num_classes",
+        lambda x, y: (x, _with(y, 3, 3)),
+        r"^y must hold class labels in \[0, 3\)",
+    ),
+    (
+        "negative label",
+        lambda x, y: (x, _with(y, 0, -1)),
+        r"^y must hold class labels .* from -1 to 2",
+    ),
+    (
+        "float labels",
+        lambda x, y: (x, np.asarray(y, np.float32)),
+        r"^y must be a 1-D array of integer",
+    ),
+    (
+        "bool labels",
+        lambda x, y: (x, np.asarray(y) > 0),
+        r"^y must be a 1-D array of integer.*bool",
+    ),
+    ("2-D labels", lambda x, y: (x, y[:, None]), r"^y must be a 1-D array .* \(23, 1\)"),
+    ("NaN input", lambda x, y: (_with(x, (4, 2), np.nan), y), r"^x must be finite"),
+    ("inf input", lambda x, y: (jnp.asarray(_with(x, (0, 0), -np.inf)), y), r"^x must be finite"),
+    ("no examples", lambda x, y: (x[:0], y[:0]), r"^x must have a leading example axis"),
+    ("scalar x", lambda x, y: (x[0, 0], y), r"^x must have a leading example axis"),
+]
+
+
+@pytest.mark.parametrize("call", ["evaluate", "make_loss_fn"])
+@pytest.mark.parametrize(
+    ("change", "match"), [c[1:] for c in BAD_EXAMPLES], ids=[c[0] for c in BAD_EXAMPLES]
+)
+def test_bad_examples_are_refused_before_any_evaluation(
+    mlp_setup, monkeypatch, call, change, match
+):
+    model, params, batch_stats, x, y = mlp_setup
+    x, y = change(x, y)
+
+    def not_reached(*args):
+        raise AssertionError("evaluated bad input")
+
+    monkeypatch.setattr(flatmin.objective, "_evaluate", not_reached)
+    with pytest.raises(ValueError, match=match):
+        if call == "evaluate":
+            evaluate(model, params, batch_stats, x, y)
+        else:
+            make_loss_fn(model, batch_stats, x, y)  # refused here, not when called
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, True, 2.0, None])
+def test_bad_chunk_size_is_refused(mlp_setup, chunk_size):
+    model, params, batch_stats, x, y = mlp_setup
+    with pytest.raises(ValueError, match=r"^chunk_size must be an integer >= 1"):
+        evaluate(model, params, batch_stats, x, y, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"^chunk_size must be an integer >= 1"):
+        make_loss_fn(model, batch_stats, x, y, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"^chunk_size must be an integer >= 1"):
+        batch_norm_statistics(model, params, x, chunk_size=chunk_size)
+
+
+def test_the_largest_valid_label_and_numpy_inputs_are_accepted(mlp_setup):
+    model, params, batch_stats, x, _ = mlp_setup
+    labels = np.full(23, 2, np.uint8)  # num_classes - 1, in an unsigned dtype
+    loss, _ = evaluate(model, params, batch_stats, np.asarray(x), labels, chunk_size=np.int64(5))
+    np.testing.assert_allclose(make_loss_fn(model, batch_stats, x, labels)(params), loss, rtol=1e-5)
+
+
+def test_under_jit_only_shapes_are_checked(mlp_setup):
+    """The documented limit: traced x and y have no values, so NaN inputs and out-of-range
+    labels pass unnoticed (a NaN loss; label -1 silently read as num_classes - 1); shapes and
+    dtypes are still refused."""
+    model, params, batch_stats, x, y = mlp_setup
+    jitted = jax.jit(lambda x, y: evaluate(model, params, batch_stats, x, y))
+    assert np.isnan(jitted(_with(x, (4, 2), np.nan), y)[0])
+    assert np.isnan(jitted(x, _with(y, 3, 3))[0])
+    np.testing.assert_array_equal(jitted(x, _with(y, 3, -1))[0], jitted(x, _with(y, 3, 2))[0])
+    with pytest.raises(ValueError, match=r"^x and y must hold the same number"):
+        jitted(x, y[:-1])
+    with pytest.raises(ValueError, match=r"^y must be a 1-D array of integer"):
+        jitted(x, np.asarray(y, np.float32))
+    # A concrete constant closed over by a jitted function is checked while tracing.
+    with pytest.raises(ValueError, match=r"^y must hold class labels"):
+        jax.jit(lambda p: evaluate(model, p, batch_stats, x, _with(y, 3, 7)))(params)
+
+
+def test_batch_norm_statistics_refuses_nan_inputs(mlp_setup):
+    model, params, _, x, _ = mlp_setup
+    with pytest.raises(ValueError, match=r"^x must be finite"):
+        batch_norm_statistics(model, params, _with(x, (0, 0), np.nan))
+
+
+def test_a_model_without_class_logits_is_refused():
+    class Scalar(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train):
+            return nn.Dense(1)(x)[:, 0]
+
+    model = Scalar()
+    x, y = jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)
+    params = model.init(jax.random.key(0), x, train=False)["params"]
+    with pytest.raises(
+        ValueError, match=r"^model must map \(n, \.\.\.\) inputs to \(n, num_classes\)"
+    ):
+        evaluate(model, params, {}, x, y)
+    with pytest.raises(ValueError, match=r"^model must map"):
+        make_loss_fn(model, {}, x, y)

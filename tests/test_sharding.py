@@ -2,9 +2,9 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -51,12 +51,21 @@ def test_bad_mesh_is_rejected_by_name():
 
 
 @pytest.mark.parametrize(
-    ("num_processes", "process_id", "match"),
-    [(0, 0, "num_processes must be an integer >= 1"), (2, 2, r"process_id must be .* \[0, 2\)")],
+    ("coordinator", "num_processes", "process_id", "match"),
+    [
+        ("localhost:1", 0, 0, r"^num_processes must be an integer >= 1"),
+        ("localhost:1", 2, 2, r"^process_id must be an integer in \[0, 1\] \(num_processes = 2\)"),
+        ("localhost:1", True, 0, r"^num_processes must be .* got True \(a bool\)"),
+        ("localhost:1", 2, False, r"^process_id must be .* got False \(a bool\)"),
+        ("localhost:1", 2, 1.0, r"^process_id\b"),
+        ("localhost", 2, 0, r"^coordinator must be a 'host:port' or 'unix:/path' string"),
+        (("localhost", 1), 2, 0, r"^coordinator\b"),
+    ],
 )
-def test_bad_distributed_arguments(num_processes, process_id, match):
+def test_bad_distributed_arguments(coordinator, num_processes, process_id, match):
+    # Refused before jax.distributed is touched (it may be initialised once per process).
     with pytest.raises(ValueError, match=match):
-        flatmin.initialize_distributed("localhost:1", num_processes, process_id)
+        flatmin.initialize_distributed(coordinator, num_processes, process_id)
 
 
 def test_sharded_sweep_equals_single_device():
@@ -80,33 +89,26 @@ def test_sharded_sweep_equals_single_device():
         np.testing.assert_allclose(sharded, single, rtol=1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _process_flags(port: int, process_id: int) -> list[str]:
-    return [
-        *("--coordinator", f"127.0.0.1:{port}"),
-        *("--num-processes", "2", "--process-id", str(process_id)),
-    ]
-
-
-def _process_flags(port: int, process_id: int) -> list[str]:
-    return [
-        *("--coordinator", f"127.0.0.1:{port}"),
-        *("--num-processes", "2", "--process-id", str(process_id)),
-    ]
-
-
 SWEEP = ["--config", "digits", "--seeds", "3", "--epochs", "2", "--hidden", "16"]
+
+
+def _written(log: Path) -> set[tuple[str, str]]:
+    """(event, path relative to --out) of every file-system change audited_run.py saw."""
+    return {tuple(json.loads(line)) for line in log.read_text().splitlines()}
+
+
+def _files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow
 def test_two_processes_run_one_sweep_and_agree_with_one_process(tmp_path):
     """Two processes with 2 CPU devices each form one 4-device mesh (gloo collectives) and
-    write, from process 0 only, the results.json that a single process writes."""
+    write, from process 0 only, the results.json that a single process writes.
+
+    The coordinator listens on a Unix socket in tmp_path, a name no other program can hold:
+    a TCP port picked free beforehand could be taken by another program before process 0
+    binds it."""
     script = str(ROOT / "experiments" / "sharpness_table.py")
     single = tmp_path / "single"
     subprocess.run(
@@ -116,21 +118,47 @@ def test_two_processes_run_one_sweep_and_agree_with_one_process(tmp_path):
         check=True,
         timeout=600,
     )
-    multi, port = tmp_path / "multi", _free_port()
+    multi = tmp_path / "multi"
+    socket_path = tmp_path / "coordinator.sock"
+    if len(str(socket_path)) > 100:  # sun_path holds 108 bytes
+        socket_path = Path(tempfile.mkdtemp(prefix="flatmin-")) / "c.sock"
     procs = [
         subprocess.Popen(
-            [sys.executable, script, *SWEEP, "--out", str(multi), *_process_flags(port, i)],
+            [
+                sys.executable, str(ROOT / "tests" / "audited_run.py"),
+                str(tmp_path / f"writes-{i}.jsonl"), str(multi), script,
+                *SWEEP, "--out", str(multi),
+                *("--coordinator", f"unix:{socket_path}"),
+                *("--num-processes", "2", "--process-id", str(i)),
+            ],
             env=_env(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(2)
-    ]
+    ]  # fmt: skip
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    assert "wrote" in outputs[0][0] and "wrote" not in outputs[1][0]  # process 0 reports
+
+    # Process 0 wrote every result and stage file, process 1 none: all process 1 did under
+    # --out is what every process does, create the shared directory if it is first there
+    # (mkdir "."), and write and delete a writability probe. Files orbax writes through
+    # tensorstore (native code) are not audited; its directories are compared below.
+    writes = [_written(tmp_path / f"writes-{i}.jsonl") for i in range(2)]
+    ours_written = {path for event, path in writes[0] if event in ("open", "os.rename")}
+    assert {"results.json", "tables.md"} <= ours_written
+    assert any(path.startswith("checkpoints/sharpness_table/stages/") for path in ours_written)
+    (probe,) = {path for _, path in writes[1] if path.startswith(".flatmin-write-test-")}
+    assert writes[1] - {("os.mkdir", ".")} == {("open", probe), ("os.remove", probe)}, writes[1]
+    # Every file a single process leaves is there, and nothing else but orbax's own.
+    orbax = "checkpoints/sharpness_table/train/"
+    assert {f for f in _files(multi) if not f.startswith(orbax)} == {
+        f for f in _files(single) if not f.startswith(orbax)
+    }
+    assert not any(f.endswith(".tmp") for f in _files(multi))
+
     ours = json.loads((multi / "results.json").read_text())
     theirs = json.loads((single / "results.json").read_text())
     assert ours["devices"].startswith("4 x") and theirs["devices"].startswith("1 x")

@@ -109,13 +109,38 @@ def test_normalize_gives_unit_columns(distribution):
         (dict(p=-3), r"\bp\b"),
         (dict(p=N + 1), r"\bp\b"),
         (dict(p=5, distribution="cauchy"), r"\bdistribution\b"),
+        (dict(p=5.0), r"^p must be an integer in \[1, 621\] .* got 5\.0$"),
+        (dict(p=True), r"^p must be an integer .* got True \(a bool\)$"),
+        (dict(p=np.array(5)), r"^p must be an integer"),
+        (dict(params={"w": jnp.ones(3), "i": jnp.arange(3)}), r"^params must hold floating.*'i'"),
+        (dict(params={"w": jnp.ones(3, bool)}), r"^params must hold floating.*bool"),
+        (dict(params={}), r"^params must contain at least one array"),
+        (dict(params={"w": jnp.ones((2, 0))}, p=1), r"^p must be an integer in \[1, 0\]"),
     ],
-    ids=["p=0", "p<0", "p>n", "unknown distribution"],
+    ids=[
+        "p=0",
+        "p<0",
+        "p>n",
+        "unknown distribution",
+        "float p",
+        "bool p",
+        "array p",
+        "integer params",
+        "bool params",
+        "empty params",
+        "no numbers in params",
+    ],
 )
 def test_bad_input_raises_value_error(kwargs, match):
     """Oracle: the spec's validation table; the message names the offending argument."""
+    kwargs = {"params": _params()} | kwargs
     with pytest.raises(ValueError, match=match):
-        flatmin.random_subspace(jax.random.key(0), _params(), **kwargs)
+        flatmin.random_subspace(jax.random.key(0), **kwargs)
+
+
+def test_numpy_integer_p_is_accepted():
+    A = flatmin.random_subspace(jax.random.key(0), _params(), np.int64(3))
+    np.testing.assert_array_equal(A, flatmin.random_subspace(jax.random.key(0), _params(), 3))
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "condition 100", "rank deficient"])
