@@ -18,7 +18,9 @@ generalization measures and where to find them") measure flatness by the largest
 that the loss tolerates: `pac_bayes_sigma`.
 
 f may be the full training loss, as in the papers' definitions, or the loss on one batch; these
-functions cannot tell which and record nothing about it. Andriushchenko et al. report batch
+functions cannot tell which and record nothing about it (a field echoing an argument would be
+unchecked, and a string in the result would not pass through `jax.jit`): say which in the name
+of the figure you report. Andriushchenko et al. report batch
 ("m-sharpness") figures: the worst case of every batch of m examples solved separately and
 averaged, which is at least the worst case of the averaged loss; to reproduce them, call the
 measure once per batch (or vmap it over batches) and average the values.
