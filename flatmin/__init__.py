@@ -1,5 +1,11 @@
 """flatmin: how sharp or flat are the minima that training finds? (Keskar et al., ICLR 2017)."""
 
+from flatmin.adaptive import AverageCaseSharpness as AverageCaseSharpness
+from flatmin.adaptive import PacBayesSigma as PacBayesSigma
+from flatmin.adaptive import WorstCaseSharpness as WorstCaseSharpness
+from flatmin.adaptive import average_case_sharpness as average_case_sharpness
+from flatmin.adaptive import pac_bayes_sigma as pac_bayes_sigma
+from flatmin.adaptive import worst_case_sharpness as worst_case_sharpness
 from flatmin.checkpoint import CheckpointError as CheckpointError
 from flatmin.checkpoint import Checkpoints as Checkpoints
 from flatmin.checkpoint import RunDirectory as RunDirectory
@@ -7,6 +13,8 @@ from flatmin.checkpoint import json_ready as json_ready
 from flatmin.data import Dataset as Dataset
 from flatmin.data import DatasetNotFoundError as DatasetNotFoundError
 from flatmin.data import load_dataset as load_dataset
+from flatmin.density import HessianDensity as HessianDensity
+from flatmin.density import hessian_density as hessian_density
 from flatmin.experiment import CONFIGS as CONFIGS
 from flatmin.experiment import ExperimentConfig as ExperimentConfig
 from flatmin.experiment import run_sharpness_table as run_sharpness_table
@@ -17,6 +25,9 @@ from flatmin.hessian import hessian_trace as hessian_trace
 from flatmin.hessian import hvp as hvp
 from flatmin.landscape import interpolate as interpolate
 from flatmin.landscape import interpolate_curved as interpolate_curved
+from flatmin.layers import merge_params as merge_params
+from flatmin.layers import restrict as restrict
+from flatmin.layers import split_params as split_params
 from flatmin.models import MODELS as MODELS
 from flatmin.models import build_model as build_model
 from flatmin.models import init_variables as init_variables

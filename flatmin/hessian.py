@@ -10,7 +10,6 @@ forward-over-reverse differentiation gives H v at the cost of a few gradients, a
 - `hessian_trace` estimates tr H, the sum of all of them, by Hutchinson's estimator.
 """
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from flatmin._checks import check_int, check_loss_and_params, check_optional_int
+from flatmin._montecarlo import map_samples, mean_and_stderr
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
@@ -183,7 +183,31 @@ def _flat_hvp(loss_fn: LossFn, params: PyTree) -> tuple[jax.Array, Callable, Cal
 
 def _lanczos(loss_fn, params, key, k, m, return_eigenvectors):
     x, hv, unravel = _flat_hvp(loss_fn, params)
-    n, dtype = x.shape[0], x.dtype
+    V, T = _lanczos_basis(hv, jnp.zeros_like(x), key, m)
+    theta, S = jnp.linalg.eigh(T)
+    values = theta[::-1][:k]
+    if not return_eigenvectors:
+        return values
+    vectors = S[:, ::-1][:, :k].T @ V
+    return values, jax.vmap(unravel)(vectors)
+
+
+def _lanczos_basis(
+    hv: Callable[[jax.Array], jax.Array], start: jax.Array, key: jax.Array, m: int
+) -> tuple[jax.Array, jax.Array]:
+    """m Lanczos iterations on v -> H v with full reorthogonalisation (see `hessian_eigenvalues`).
+
+    Args:
+      hv: the (n,) -> (n,) Hessian-vector product.
+      start: (n,) the start vector (normalised here), or zeros for a random one from `key`.
+      key: PRNG key for a random start and for the fresh vectors after a breakdown.
+      m: iterations, 1 <= m <= n.
+
+    Returns:
+      (V, T): the orthonormal basis, (m, n), its first row the normalised start, and the
+      Rayleigh-Ritz matrix T = V H V^T, (m, m), exactly symmetric.
+    """
+    n, dtype = start.shape[0], start.dtype
     # Rounding leaves a residual of a few eps * ||H q|| where the Krylov space is invariant;
     # anything this small relative to the largest ||H q|| seen is treated as a breakdown.
     tol = 100 * jnp.finfo(dtype).eps
@@ -198,8 +222,9 @@ def _lanczos(loss_fn, params, key, k, m, return_eigenvectors):
 
     def step(j, carry):
         V, C, w, scale = carry
-        # w is the previous residual, orthogonal to the j rows of V. At j = 0 it is 0, and the
-        # start vector comes from the breakdown branch; j < m <= n leaves room for it.
+        # w is the previous residual, orthogonal to the j rows of V; at j = 0 it is the start
+        # vector. A zero start falls into the breakdown branch (scale is 0 there), which draws
+        # a random one; j < m <= n leaves room for every fresh vector.
         q = jax.lax.cond(jnp.linalg.norm(w) <= tol * scale, fresh, lambda j, V: w, j, V)
         q = q / jnp.linalg.norm(q)
         V = V.at[j].set(q)
@@ -213,19 +238,13 @@ def _lanczos(loss_fn, params, key, k, m, return_eigenvectors):
     init = (
         jnp.zeros((m, n), dtype),
         jnp.zeros((m, m), dtype),
-        jnp.zeros((n,), dtype),
+        start,
         jnp.zeros((), dtype),
     )
     V, C, _, _ = jax.lax.fori_loop(0, m, step, init)
     # C holds the upper triangle of T = V H V^T; mirror it rather than average, so that T is
     # exactly symmetric.
-    T = jnp.triu(C) + jnp.triu(C, 1).T
-    theta, S = jnp.linalg.eigh(T)
-    values = theta[::-1][:k]
-    if not return_eigenvectors:
-        return values
-    vectors = S[:, ::-1][:, :k].T @ V
-    return values, jax.vmap(unravel)(vectors)
+    return V, jnp.triu(C) + jnp.triu(C, 1).T
 
 
 _lanczos = jax.jit(_lanczos, static_argnames=("loss_fn", "k", "m", "return_eigenvectors"))
@@ -234,22 +253,8 @@ _lanczos = jax.jit(_lanczos, static_argnames=("loss_fn", "k", "m", "return_eigen
 def _hutchinson(loss_fn, params, key, num_samples, batch_size) -> TraceEstimate:
     x, hv, _ = _flat_hvp(loss_fn, params)
     probes = jax.random.rademacher(key, (num_samples, x.shape[0]), x.dtype)
-    quad = lambda z: z @ hv(z)
-    samples = (
-        jax.vmap(quad)(probes)
-        if batch_size is None
-        else jax.lax.map(quad, probes, batch_size=batch_size)
-    )
-    # Shifted by the first sample: identical samples (a diagonal H) give exactly that value and
-    # a standard error of exactly 0, which a mean rounded in floating point would not.
-    d = samples - samples[0]
-    mean_d = jnp.mean(d)
-    std = jnp.sqrt(jnp.sum((d - mean_d) ** 2) / (num_samples - 1))
-    return TraceEstimate(
-        trace=samples[0] + mean_d,
-        stderr=std / math.sqrt(num_samples),
-        num_samples=jnp.asarray(num_samples),
-    )
+    trace, stderr = mean_and_stderr(map_samples(lambda z: z @ hv(z), probes, batch_size))
+    return TraceEstimate(trace=trace, stderr=stderr, num_samples=jnp.asarray(num_samples))
 
 
 _hutchinson = jax.jit(_hutchinson, static_argnames=("loss_fn", "num_samples", "batch_size"))

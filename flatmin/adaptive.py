@@ -1,0 +1,635 @@
+"""Sharpness under weight-scaled perturbations: worst case, average case and PAC-Bayes sigma.
+
+With w the flattened parameters (n numbers), f the loss and the elementwise scale
+
+    c = |w| + xi   (adaptive, as in Kwon et al. 2021 and Andriushchenko et al. 2023)
+    c = 1          (adaptive=False: plain perturbations),
+
+Andriushchenko et al. (ICML 2023, "A modern look at the relationship between sharpness and
+generalization"; github.com/tml-epfl/sharpness-vs-generalization) define
+
+    worst case     S_max = max_{||delta / c||_p <= rho} f(w + delta) - f(w),   p in {inf, 2},
+    average case   S_avg = E_delta f(w + delta) - f(w),   delta = sigma c z,
+
+z standard Gaussian (or uniform on [-1, 1]^n). With xi = 1, p = inf and rho = eps, the worst
+case is the inner maximum of Keskar et al.'s Metric 2.1 in the full space:
+flatmin.sharpness = S_max / (1 + f(w)) * 100. Jiang et al. (ICLR 2020, "Fantastic
+generalization measures and where to find them") measure flatness by the largest noise level
+that the loss tolerates: `pac_bayes_sigma`.
+
+f may be the full training loss, as in the papers' definitions, or the loss on one batch; these
+functions cannot tell which and record nothing about it (a field echoing an argument would be
+unchecked, and a string in the result would not pass through `jax.jit`): say which in the name
+of the figure you report. Andriushchenko et al. report batch
+("m-sharpness") figures: the worst case of every batch of m examples solved separately and
+averaged, which is at least the worst case of the averaged loss; to reproduce them, call the
+measure once per batch (or vmap it over batches) and average the values.
+
+Every function here is pure and jit/vmap-able (`loss_fn` static), takes an explicit PRNG key
+with a fixed default, validates its arguments before any work, and takes `only=` (see
+flatmin.layers) to perturb only some leaves of `params`.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from flatmin._arguments import (
+    check_batch_size,
+    check_choice,
+    check_count,
+    check_finite_loss,
+    check_flag,
+    check_measure_inputs,
+    check_nonnegative,
+    check_positive,
+    default_key,
+)
+from flatmin._montecarlo import map_samples, mean_and_stderr
+from flatmin.layers import Only, restrict_by_mask, split_by_mask
+
+PyTree = Any
+LossFn = Callable[[PyTree], jax.Array]
+
+NORMS = ("inf", 2)
+DISTRIBUTIONS = ("gaussian", "uniform")
+
+# APGD's constants (Croce & Hein, ICML 2020, Algorithm 1), as in Andriushchenko et al.'s code:
+# initial step 2 rho, momentum 0.75, a halving when under 75% of the steps since the last
+# checkpoint raised f, and the checkpoints' spacing.
+INITIAL_STEP = 2.0
+MOMENTUM = 0.75
+MIN_INCREASE_RATIO = 0.75
+FIRST_CHECKPOINT = 0.22
+CHECKPOINT_DECAY = 0.03
+MIN_CHECKPOINT_GAP = 0.06
+
+
+class WorstCaseSharpness(NamedTuple):
+    """What `worst_case_sharpness` found.
+
+    Attributes:
+      value: scalar f(w + delta) - f(w) >= 0, the largest increase found, f evaluated at the
+        returned delta (in loss units).
+      delta: the maximiser, a pytree shaped like `params` (zeros in leaves `only` leaves out),
+        inside the ball ||delta / c||_p <= rho up to rounding.
+      loss: scalar f(w).
+      max_loss: scalar f(w + delta).
+      history: (steps,) the largest increase found by any restart after each ascent step,
+        counting delta = 0 (so >= 0 and nondecreasing); its last entry is `value` up to
+        rounding.
+      num_steps: scalar int, ascent steps per restart (= `steps`).
+    """
+
+    value: jax.Array
+    delta: PyTree
+    loss: jax.Array
+    max_loss: jax.Array
+    history: jax.Array
+    num_steps: jax.Array
+
+
+class AverageCaseSharpness(NamedTuple):
+    """The Monte Carlo estimate of `average_case_sharpness`.
+
+    Attributes:
+      value: scalar, the mean of f(w + delta_k) - f(w) over the samples (in loss units).
+      stderr: scalar, its standard error: sample standard deviation (ddof=1) / sqrt(N).
+      loss: scalar f(w).
+      num_samples: scalar int N.
+    """
+
+    value: jax.Array
+    stderr: jax.Array
+    loss: jax.Array
+    num_samples: jax.Array
+
+
+class PacBayesSigma(NamedTuple):
+    """What `pac_bayes_sigma` found.
+
+    Attributes:
+      value: scalar sigma, the largest noise level tried whose estimated expected increase
+        stayed <= target (0 when none did). Relative to |w| when adaptive (Jiang's sigma').
+      upper: scalar, the smallest level tried whose estimate exceeded the target (`sigma_max`
+        when none did: then the target was not reached below sigma_max).
+      increase: scalar, the estimated E f(w + u) - f(w) at `value` (NaN when value is 0: not
+        evaluated).
+      stderr: scalar, the standard error of `increase` (NaN likewise).
+      flatness: scalar 1 / value^2, Jiang et al.'s pacbayes.flatness (53), or
+        pacbayes.mag.flatness (61) when adaptive; inf when value is 0.
+      kl_term: scalar, the complexity term of their bound at `value` (see `pac_bayes_sigma`).
+      loss: scalar f(w).
+      num_steps: scalar int, bisection steps (= `steps`).
+    """
+
+    value: jax.Array
+    upper: jax.Array
+    increase: jax.Array
+    stderr: jax.Array
+    flatness: jax.Array
+    kl_term: jax.Array
+    loss: jax.Array
+    num_steps: jax.Array
+
+
+def worst_case_sharpness(
+    loss_fn: LossFn,
+    params: PyTree,
+    rho: float,
+    *,
+    norm: str | int = "inf",
+    adaptive: bool = True,
+    xi: float = 0.0,
+    key: jax.Array | None = None,
+    steps: int = 20,
+    restarts: int = 1,
+    only: Only | None = None,
+) -> WorstCaseSharpness:
+    """max over ||delta / c||_p <= rho of f(w + delta) - f(w), by APGD with restarts.
+
+    The ascent runs in u = delta / c, over the plain ball ||u||_p <= rho, where projection is
+    exact (clipping for p = inf, rescaling for p = 2): APGD of Croce & Hein (2020) as
+    Andriushchenko et al. (2023) apply it to weights. From a start drawn uniformly in the ball
+    (coordinates with c_i = 0 start at 0: they cannot move), each step is
+        z = P(u_k + eta d_k),  u_{k+1} = P(u_k + a (z - u_k) + (1 - a)(u_k - u_{k-1})),
+    d_k = sign(grad) for p = inf or grad / ||grad||_2 for p = 2 (grad with respect to u),
+    a = 1 at the first step and 0.75 after, eta = 2 rho at first. At the checkpoints
+    ceil(p_j steps), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), eta
+    is halved and the ascent restarts from the best point when fewer than 75% of the steps
+    since the last checkpoint raised f, or when neither eta nor the best f changed since then.
+    The number of steps is fixed (one value-and-gradient each, no data-dependent loop); the
+    best point seen is kept, projected once more and f re-evaluated there, so the value
+    reported is always f at the returned delta, and never below f(w) (delta = 0 is in the
+    ball).
+
+    Args:
+      loss_fn: params -> scalar loss f: the full training loss (the papers' definition) or a
+        batch loss (see the module's docstring). Static under `jax.jit`.
+      params: a pytree of floating arrays, the point w.
+      rho: radius, > 0: relative to |w| + xi when adaptive, absolute otherwise.
+      norm: "inf" (or `math.inf`) or 2.
+      adaptive: c = |w| + xi (True) or c = 1 (False: plain rho-sharpness).
+      xi: >= 0, added to |w| when adaptive (0 in Andriushchenko et al.; 1 gives Keskar's box).
+      key: PRNG key for the starting points; a fixed default keeps results deterministic.
+      steps: ascent steps per restart, >= 1 (20 in Andriushchenko et al.).
+      restarts: starting points, solved at once (vmapped); the largest value wins.
+      only: perturb only the leaves this filter selects (flatmin.layers); None: all.
+
+    Returns:
+      A `WorstCaseSharpness`.
+
+    Raises:
+      ValueError: for bad arguments, before any work; for a non-finite f(w) outside
+        `jax.jit`/`jax.vmap`.
+    """
+    if norm == math.inf:
+        norm = "inf"
+    check_choice("norm", norm, NORMS)
+    mask = check_measure_inputs(loss_fn, params, only)
+    check_positive("rho", rho)
+    check_nonnegative("xi", xi)
+    check_flag("adaptive", adaptive)
+    steps = check_count("steps", steps, 1)
+    restarts = check_count("restarts", restarts, 1)
+    result = _worst_case(
+        loss_fn, params, rho, xi, default_key(key), norm, adaptive, steps, restarts, mask
+    )
+    check_finite_loss(result.loss)
+    return result
+
+
+def average_case_sharpness(
+    loss_fn: LossFn,
+    params: PyTree,
+    sigma: float,
+    *,
+    distribution: str = "gaussian",
+    adaptive: bool = True,
+    xi: float = 0.0,
+    num_samples: int = 100,
+    key: jax.Array | None = None,
+    batch_size: int | None = None,
+    only: Only | None = None,
+) -> AverageCaseSharpness:
+    """E_delta f(w + delta) - f(w), delta = sigma c z, by Monte Carlo with its standard error.
+
+    z has independent standard Gaussian entries ("gaussian": delta_i has standard deviation
+    sigma c_i) or entries uniform on [-1, 1] ("uniform": delta_i uniform on
+    [-sigma c_i, sigma c_i]), as in Andriushchenko et al.'s avg-l2 and avg-linf. The estimate is
+    the mean of f(w + delta_k) - f(w) over N independent samples. For a quadratic f with
+    Hessian H it is unbiased for sigma^2 / 2 tr(diag(c) H diag(c)) (Gaussian), a third of that
+    (uniform).
+
+    Args:
+      loss_fn: params -> scalar loss f, full or batch (see the module's docstring). Static
+        under `jax.jit`, as are `num_samples` and `batch_size`.
+      params: a pytree of floating arrays, the point w.
+      sigma: noise scale, > 0: relative to |w| + xi when adaptive, absolute otherwise.
+      distribution: "gaussian" or "uniform".
+      adaptive: c = |w| + xi (True) or c = 1 (False).
+      xi: >= 0, added to |w| when adaptive.
+      num_samples: N, >= 2 (the standard error needs two).
+      key: PRNG key for the noise; a fixed default keeps results deterministic.
+      batch_size: None evaluates all samples at once (vmapped: memory grows with N times one
+        loss evaluation); an integer evaluates that many at a time, in sequence.
+      only: perturb only the leaves this filter selects (flatmin.layers); None: all.
+
+    Returns:
+      An `AverageCaseSharpness`.
+
+    Raises:
+      ValueError: for bad arguments, before any work; for a non-finite f(w) outside
+        `jax.jit`/`jax.vmap`.
+    """
+    check_choice("distribution", distribution, DISTRIBUTIONS)
+    mask = check_measure_inputs(loss_fn, params, only)
+    check_positive("sigma", sigma)
+    check_nonnegative("xi", xi)
+    check_flag("adaptive", adaptive)
+    num_samples = check_count("num_samples", num_samples, 2)
+    batch_size = check_batch_size(batch_size)
+    result = _average_case(
+        loss_fn,
+        params,
+        sigma,
+        xi,
+        default_key(key),
+        distribution,
+        adaptive,
+        num_samples,
+        batch_size,
+        mask,
+    )
+    check_finite_loss(result.loss)
+    return result
+
+
+def pac_bayes_sigma(
+    loss_fn: LossFn,
+    params: PyTree,
+    target: float,
+    *,
+    adaptive: bool = True,
+    magnitude_eps: float = 1e-3,
+    init_params: PyTree | None = None,
+    sigma_max: float = 2.0,
+    steps: int = 20,
+    num_samples: int = 32,
+    key: jax.Array | None = None,
+    batch_size: int | None = None,
+    only: Only | None = None,
+) -> PacBayesSigma:
+    """The largest noise level sigma with E_u f(w + u) - f(w) <= target, by bisection.
+
+    Jiang et al. (ICLR 2020, Appendix C; github.com/nitarshan/robust-generalization-measures).
+    The noise u is Gaussian with independent entries of variance
+        sigma^2                   (plain: pacbayes.*),
+        sigma^2 w_i^2 + eps^2     (adaptive: pacbayes.mag.*, eps = `magnitude_eps`),
+    as in their paper (their code passes this variance to torch.normal as a standard deviation;
+    not copied). The expected increase is estimated by the mean over N samples u_k = std(sigma)
+    z_k, with the same z_k at every sigma (common random numbers, so the estimate is a smooth
+    function of sigma and the bisection compares like with like). Bisection on [0, sigma_max],
+    `steps` times: the midpoint becomes the lower end when its estimate is <= target (and
+    finite), else the upper end; the result is the final lower end, so its resolution is
+    sigma_max / 2^steps. For a nonconvex f the estimate need not grow with sigma, and the
+    bisection then finds one crossing of the target, not necessarily the largest.
+
+    Jiang et al. use the 0-1 training error as f (a target of 0.1 in error); any scalar f works
+    here, differentiable or not: only its values are used.
+
+    The result's terms, with w0 = `init_params` (zeros when None), d = w - w0 and omega = n:
+        flatness = 1 / sigma^2                                     (their 53 and 61)
+        kl_term  = ||d||^2 / (4 sigma^2)                           (plain; 48, 49 for w0 = 0)
+        kl_term  = 1/4 sum_i log((eps^2 + (sigma^2 + 1) ||d||^2 / omega)
+                                 / (eps^2 + sigma^2 d_i^2))        (adaptive; their 56)
+    without the bounds' log(m / sigma) + 10 (which needs the number of examples m). With w0 = 0
+    the adaptive term has w_i^2 in the denominator, where their 57 keeps (w_i - w0_i)^2.
+
+    Args:
+      loss_fn: params -> scalar loss f. Static under `jax.jit`, as are `steps`, `num_samples`
+        and `batch_size`.
+      params: a pytree of floating arrays, the point w.
+      target: the tolerated expected increase, > 0, in loss units.
+      adaptive: magnitude-aware noise (True) or plain (False).
+      magnitude_eps: eps >= 0, the adaptive noise's floor (1e-3 in Jiang et al.).
+      init_params: w0, a pytree like `params` (the initialisation), or None for zeros.
+      sigma_max: the bisection's upper end, > 0 (2 in Jiang et al.'s code).
+      steps: bisection steps, >= 1 (N loss evaluations each).
+      num_samples: N, >= 2.
+      key: PRNG key for the noise; a fixed default keeps results deterministic.
+      batch_size: as in `average_case_sharpness`.
+      only: perturb only the leaves this filter selects (flatmin.layers); None: all. The
+        terms then use the selected leaves alone (omega their number).
+
+    Returns:
+      A `PacBayesSigma`.
+
+    Raises:
+      ValueError: for bad arguments, before any work; for a non-finite f(w) outside
+        `jax.jit`/`jax.vmap`.
+    """
+    mask = check_measure_inputs(loss_fn, params, only)
+    check_positive("target", target)
+    check_nonnegative("magnitude_eps", magnitude_eps)
+    check_positive("sigma_max", sigma_max)
+    check_flag("adaptive", adaptive)
+    steps = check_count("steps", steps, 1)
+    num_samples = check_count("num_samples", num_samples, 2)
+    batch_size = check_batch_size(batch_size)
+    if init_params is None:
+        init_params = jax.tree.map(jnp.zeros_like, params)
+    elif jax.tree.structure(init_params) != jax.tree.structure(params) or any(
+        np.shape(a) != np.shape(b)
+        for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(params), strict=True)
+    ):
+        raise ValueError("init_params must have the structure and leaf shapes of params")
+    result = _pac_bayes(
+        loss_fn,
+        params,
+        init_params,
+        target,
+        magnitude_eps,
+        sigma_max,
+        default_key(key),
+        adaptive,
+        steps,
+        num_samples,
+        batch_size,
+        mask,
+    )
+    check_finite_loss(result.loss)
+    return result
+
+
+# Implementation ------------------------------------------------------------------------------
+
+
+def _worst_case(loss_fn, params, rho, xi, key, norm, adaptive, steps, restarts, mask):
+    loss_fn, params, embed = restrict_by_mask(loss_fn, params, mask)
+    x, unravel = ravel_pytree(params)
+    n, dtype = x.shape[0], x.dtype
+    rho = jnp.asarray(rho, dtype)
+    c = _scale(x, adaptive, xi)
+
+    def f_of_u(u: jax.Array) -> jax.Array:
+        return loss_fn(unravel(x + c * u))
+
+    if norm == "inf":
+        project = lambda u: jnp.clip(u, -rho, rho)
+        direction = jnp.sign
+        starts = jax.random.uniform(key, (restarts, n), dtype, -1.0, 1.0) * rho
+    else:
+        project = lambda u: u * (rho / jnp.maximum(jnp.linalg.norm(u), rho))
+        direction = lambda g: g / jnp.maximum(jnp.linalg.norm(g), jnp.finfo(dtype).tiny)
+        directions, radii = jax.random.split(key)
+        z = jax.random.normal(directions, (restarts, n), dtype)
+        # Uniform in the ball: a uniform direction at radius rho U^(1/n).
+        r = rho * jax.random.uniform(radii, (restarts, 1), dtype) ** (1 / n)
+        starts = z / jnp.linalg.norm(z, axis=1, keepdims=True) * r
+    starts = jnp.where(c > 0, starts, 0)
+
+    marks = jnp.asarray(_checkpoints(steps))
+    best_u, history = jax.vmap(lambda u0: _apgd(f_of_u, u0, rho, project, direction, marks, steps))(
+        starts
+    )
+
+    loss = f_of_u(jnp.zeros(n, dtype))
+    best_u = jax.vmap(project)(best_u)
+    values = jax.vmap(f_of_u)(best_u)
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    best = jnp.argmax(values)
+    # delta = 0 is in the ball, so the maximum is at least f(w), even if every start found less.
+    use_zero = ~(values[best] > loss)
+    u = jnp.where(use_zero, 0.0, best_u[best])
+    max_loss = jnp.where(use_zero, loss, values[best])
+    return WorstCaseSharpness(
+        value=max_loss - loss,
+        delta=embed(unravel(c * u)),
+        loss=loss,
+        max_loss=max_loss,
+        history=jnp.maximum(jnp.max(history, axis=0), loss) - loss,
+        num_steps=jnp.asarray(steps),
+    )
+
+
+_worst_case = jax.jit(
+    _worst_case, static_argnames=("loss_fn", "norm", "adaptive", "steps", "restarts", "mask")
+)
+
+
+class _Ascent(NamedTuple):
+    u: jax.Array  # the current iterate u_k, not evaluated yet
+    u_prev: jax.Array  # u_{k-1}, for the momentum term
+    f_prev: jax.Array  # f(u_{k-1})
+    eta: jax.Array  # step size
+    best_u: jax.Array
+    best_f: jax.Array
+    increases: jax.Array  # steps that raised f since the last checkpoint
+    mark: jax.Array  # the last checkpoint's index, step size and best f
+    mark_eta: jax.Array
+    mark_best: jax.Array
+
+
+def _apgd(f, u0, rho, project, direction, marks, steps):
+    """APGD from u0 for `steps` steps: (best u, (steps,) best f after each step)."""
+    value_and_grad = jax.value_and_grad(f)
+    dtype = u0.dtype
+
+    def body(t, carry):
+        s, history = carry
+        f_u, g = value_and_grad(s.u)
+        # A non-finite value never counts as best, and a non-finite gradient does not move.
+        f_u = jnp.where(jnp.isfinite(f_u), f_u, -jnp.inf)
+        d = direction(g)
+        d = jnp.where(jnp.isfinite(d), d, 0)
+        better = f_u > s.best_f
+        best_u = jnp.where(better, s.u, s.best_u)
+        best_f = jnp.where(better, f_u, s.best_f)
+        increases = s.increases + ((t > 0) & (f_u > s.f_prev))
+
+        at_mark = marks[t]
+        too_few = increases < MIN_INCREASE_RATIO * (t - s.mark)
+        stalled = (s.eta == s.mark_eta) & (best_f == s.mark_best)
+        halve = at_mark & (t > 0) & (too_few | stalled)
+
+        z = project(s.u + s.eta * d)
+        a = jnp.where(t == 0, 1.0, MOMENTUM).astype(dtype)
+        u_next = project(s.u + a * (z - s.u) + (1 - a) * (s.u - s.u_prev))
+        # A halving restarts from the best point, without momentum from the abandoned path.
+        state = _Ascent(
+            u=jnp.where(halve, best_u, u_next),
+            u_prev=jnp.where(halve, best_u, s.u),
+            f_prev=jnp.where(halve, best_f, f_u),
+            eta=jnp.where(halve, s.eta / 2, s.eta),
+            best_u=best_u,
+            best_f=best_f,
+            increases=jnp.where(at_mark, 0, increases),
+            mark=jnp.where(at_mark, t, s.mark),
+            # The step size before any halving, as in Croce & Hein: right after a halving the
+            # "unchanged step" condition cannot fire, and the new step gets a full interval.
+            mark_eta=jnp.where(at_mark, s.eta, s.mark_eta),
+            mark_best=jnp.where(at_mark, best_f, s.mark_best),
+        )
+        return state, history.at[t].set(best_f)
+
+    minus_inf = jnp.full((), -jnp.inf, dtype)
+    init = _Ascent(
+        u=u0,
+        u_prev=u0,
+        f_prev=minus_inf,
+        eta=INITIAL_STEP * rho,
+        best_u=u0,
+        best_f=minus_inf,
+        increases=jnp.zeros((), jnp.int32),
+        mark=jnp.zeros((), jnp.int32),
+        mark_eta=INITIAL_STEP * rho,
+        mark_best=minus_inf,
+    )
+    s, history = jax.lax.fori_loop(0, steps, body, (init, jnp.zeros(steps, dtype)))
+    # The last step's iterate has not been evaluated yet.
+    f_last = f(s.u)
+    better = jnp.isfinite(f_last) & (f_last > s.best_f)
+    best_u = jnp.where(better, s.u, s.best_u)
+    best_f = jnp.where(better, f_last, s.best_f)
+    # history[t] was the best over u_0..u_t; shifted, entry t is the best after step t + 1.
+    return best_u, jnp.concatenate([history[1:], best_f[None]])
+
+
+def _checkpoints(steps: int) -> np.ndarray:
+    """(steps,) bool, True at APGD's checkpoints ceil(p_j steps) < steps, j >= 0 (0 included)."""
+    marks = np.zeros(steps, dtype=bool)
+    p_prev, p = 0.0, FIRST_CHECKPOINT
+    marks[0] = True
+    # The tolerance keeps ceil(0.22 * 100) at 22: 0.22 * 100 is 22.000000000000004 in binary.
+    while (w := math.ceil(p * steps - 1e-9)) < steps:
+        marks[w] = True
+        p_prev, p = p, p + max(p - p_prev - CHECKPOINT_DECAY, MIN_CHECKPOINT_GAP)
+    return marks
+
+
+def _average_case(
+    loss_fn, params, sigma, xi, key, distribution, adaptive, num_samples, batch_size, mask
+):
+    loss_fn, params, _ = restrict_by_mask(loss_fn, params, mask)
+    x, unravel = ravel_pytree(params)
+    std = jnp.asarray(sigma, x.dtype) * _scale(x, adaptive, xi)
+    loss = loss_fn(params)
+    keys = jax.random.split(key, num_samples)
+    increases = _noise_increases(loss_fn, x, unravel, loss, std, keys, distribution, batch_size)
+    value, stderr = mean_and_stderr(increases)
+    return AverageCaseSharpness(
+        value=value, stderr=stderr, loss=loss, num_samples=jnp.asarray(num_samples)
+    )
+
+
+_average_case = jax.jit(
+    _average_case,
+    static_argnames=(
+        "loss_fn",
+        "distribution",
+        "adaptive",
+        "num_samples",
+        "batch_size",
+        "mask",
+    ),
+)
+
+
+def _pac_bayes(
+    loss_fn,
+    params,
+    init_params,
+    target,
+    magnitude_eps,
+    sigma_max,
+    key,
+    adaptive,
+    steps,
+    num_samples,
+    batch_size,
+    mask,
+):
+    loss_fn, params, _ = restrict_by_mask(loss_fn, params, mask)
+    x, unravel = ravel_pytree(params)
+    dtype = x.dtype
+    if mask is not None:
+        init_params = split_by_mask(init_params, mask)[0]
+    d = x - ravel_pytree(init_params)[0].astype(dtype)
+    eps2 = jnp.asarray(magnitude_eps, dtype) ** 2
+    target = jnp.asarray(target, dtype)
+    loss = loss_fn(params)
+    keys = jax.random.split(key, num_samples)
+
+    def std(sigma: jax.Array) -> jax.Array:
+        if adaptive:
+            return jnp.sqrt(sigma**2 * x**2 + eps2)
+        return jnp.broadcast_to(sigma, x.shape)
+
+    def step(_, carry):
+        lo, hi, increase, stderr = carry
+        mid = (lo + hi) / 2
+        # The same keys at every step: common random numbers.
+        samples = _noise_increases(
+            loss_fn, x, unravel, loss, std(mid), keys, "gaussian", batch_size
+        )
+        mid_increase, mid_stderr = mean_and_stderr(samples)
+        below = mid_increase <= target  # False for NaN: too much noise
+        return (
+            jnp.where(below, mid, lo),
+            jnp.where(below, hi, mid),
+            jnp.where(below, mid_increase, increase),
+            jnp.where(below, mid_stderr, stderr),
+        )
+
+    nan = jnp.full((), jnp.nan, dtype)
+    init = (jnp.zeros((), dtype), jnp.asarray(sigma_max, dtype), nan, nan)
+    sigma, upper, increase, stderr = jax.lax.fori_loop(0, steps, step, init)
+    d2 = d**2
+    if adaptive:
+        omega = x.shape[0]
+        ratio = (eps2 + (sigma**2 + 1) * jnp.sum(d2) / omega) / (eps2 + sigma**2 * d2)
+        kl_term = jnp.sum(jnp.log(ratio)) / 4
+    else:
+        kl_term = jnp.sum(d2) / (4 * sigma**2)
+    return PacBayesSigma(
+        value=sigma,
+        upper=upper,
+        increase=increase,
+        stderr=stderr,
+        flatness=1 / sigma**2,
+        kl_term=kl_term,
+        loss=loss,
+        num_steps=jnp.asarray(steps),
+    )
+
+
+_pac_bayes = jax.jit(
+    _pac_bayes,
+    static_argnames=("loss_fn", "adaptive", "steps", "num_samples", "batch_size", "mask"),
+)
+
+
+def _noise_increases(loss_fn, x, unravel, loss, std, keys, distribution, batch_size):
+    """(N,) f(w + std * z_k) - f(w), z_k drawn from keys[k]: standard Gaussian or U[-1, 1]."""
+
+    def increase(k: jax.Array) -> jax.Array:
+        if distribution == "gaussian":
+            z = jax.random.normal(k, x.shape, x.dtype)
+        else:
+            z = jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0)
+        return loss_fn(unravel(x + std * z)) - loss
+
+    return map_samples(increase, keys, batch_size)
+
+
+def _scale(x: jax.Array, adaptive: bool, xi) -> jax.Array:
+    """c, (n,): |w| + xi when adaptive, else ones."""
+    if adaptive:
+        return jnp.abs(x) + jnp.asarray(xi, x.dtype)
+    return jnp.ones_like(x)

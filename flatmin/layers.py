@@ -1,0 +1,108 @@
+"""Restricting a measure to part of the parameters (one layer, say) by their pytree paths.
+
+A filter `only` selects leaves of the params pytree: a regular expression searched
+(`re.search`) in each leaf's path as `jax.tree_util.keystr` writes it, e.g. "['dense']['kernel']"
+(so `only="dense"` selects every leaf under a "dense" key), or a callable taking the leaf's key
+path (a tuple of keys) and returning a bool. Selected leaves are "measured", the others "frozen".
+Both halves keep the structure of `params`, with None in place of the other half's leaves (None
+is an empty pytree, so `ravel_pytree`, `jax.tree.map` and the measures skip it).
+
+Every measure in flatmin.adaptive and flatmin.density takes `only=` directly. Any other function
+of `(loss_fn, params)`, flatmin.sharpness for one, is restricted by `restrict`:
+
+    loss_of_layer, layer = restrict(loss_fn, params, only="dense_1")
+    flatmin.sharpness(loss_of_layer, layer, eps=1e-3)
+"""
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+LossFn = Callable[[PyTree], jax.Array]
+Only = str | re.Pattern | Callable[[tuple], bool]
+
+
+def path_mask(params: PyTree, only: Only) -> tuple[bool, ...]:
+    """Whether `only` selects each leaf of `params`, in `jax.tree.leaves` order.
+
+    Raises:
+      ValueError: when `only` is neither a string, a compiled pattern nor a callable, is an
+        invalid regular expression, or selects no leaf (the message lists the paths).
+    """
+    if isinstance(only, str):
+        try:
+            pattern = re.compile(only)
+        except re.error as error:
+            message = f"only is not a valid regular expression ({error}): {only!r}"
+            raise ValueError(message) from None
+    elif isinstance(only, re.Pattern):
+        pattern = only
+    elif callable(only):
+        pattern = None
+    else:
+        raise ValueError(
+            "only must be a regular expression (str) or a callable on a key path, got "
+            f"{type(only).__name__}"
+        )
+    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    if pattern is None:
+        mask = tuple(bool(only(path)) for path in paths)
+    else:
+        mask = tuple(pattern.search(jax.tree_util.keystr(path)) is not None for path in paths)
+    if not any(mask):
+        names = ", ".join(jax.tree_util.keystr(path) for path in paths)
+        raise ValueError(f"only selects no parameter: it matched none of the paths {names}")
+    return mask
+
+
+def split_params(params: PyTree, only: Only) -> tuple[PyTree, PyTree]:
+    """(measured, frozen): `params` with None in place of the unselected, resp. selected, leaves."""
+    return split_by_mask(params, path_mask(params, only))
+
+
+def merge_params(measured: PyTree, frozen: PyTree) -> PyTree:
+    """The inverse of `split_params`: each leaf from whichever half holds it."""
+    return jax.tree.map(
+        lambda m, f: f if m is None else m, measured, frozen, is_leaf=lambda leaf: leaf is None
+    )
+
+
+def restrict(loss_fn: LossFn, params: PyTree, only: Only) -> tuple[LossFn, PyTree]:
+    """(loss_of_measured, measured): the loss as a function of the selected leaves alone, the
+    others frozen at their values in `params`, and the selected leaves themselves.
+
+    loss_of_measured closes over the frozen leaves: a new function object per call, so a
+    function that is jitted with the loss as a static argument compiles anew for each call.
+    """
+    measured, frozen = split_params(params, only)
+    return (lambda m: loss_fn(merge_params(m, frozen))), measured
+
+
+def split_by_mask(params: PyTree, mask: tuple[bool, ...]) -> tuple[PyTree, PyTree]:
+    """`split_params` with the selection given as a mask from `path_mask`."""
+    leaves, treedef = jax.tree.flatten(params)
+    measured = treedef.unflatten([x if m else None for x, m in zip(leaves, mask, strict=True)])
+    frozen = treedef.unflatten([None if m else x for x, m in zip(leaves, mask, strict=True)])
+    return measured, frozen
+
+
+def restrict_by_mask(
+    loss_fn: LossFn, params: PyTree, mask: tuple[bool, ...] | None
+) -> tuple[LossFn, PyTree, Callable[[PyTree], PyTree]]:
+    """For the measures, inside their jitted programs (where the closure costs nothing):
+    (loss of the measured part, measured part, embed), embed mapping a pytree shaped like the
+    measured part to one shaped like `params`, zeros in the frozen leaves. `mask` None selects
+    everything and returns `loss_fn` and `params` themselves."""
+    if mask is None:
+        return loss_fn, params, lambda tree: tree
+    measured, frozen = split_by_mask(params, mask)
+    zeros = jax.tree.map(jnp.zeros_like, frozen)
+    return (
+        lambda m: loss_fn(merge_params(m, frozen)),
+        measured,
+        lambda tree: merge_params(tree, zeros),
+    )
