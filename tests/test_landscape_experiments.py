@@ -19,9 +19,8 @@ import scipy.sparse.linalg
 from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits
 from jax.flatten_util import ravel_pytree
 
-from flatmin.data import load_dataset
-
 import flatmin
+from flatmin.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import _cli
