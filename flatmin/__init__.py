@@ -1,53 +1,105 @@
-"""flatmin: how sharp or flat are the minima that training finds? (Keskar et al., ICLR 2017)."""
+"""flatmin: how sharp or flat are the minima that training finds? (Keskar et al., ICLR 2017).
 
-from flatmin.adaptive import AverageCaseSharpness as AverageCaseSharpness
-from flatmin.adaptive import PacBayesSigma as PacBayesSigma
-from flatmin.adaptive import WorstCaseSharpness as WorstCaseSharpness
-from flatmin.adaptive import average_case_sharpness as average_case_sharpness
-from flatmin.adaptive import pac_bayes_sigma as pac_bayes_sigma
-from flatmin.adaptive import worst_case_sharpness as worst_case_sharpness
-from flatmin.checkpoint import CheckpointError as CheckpointError
-from flatmin.checkpoint import Checkpoints as Checkpoints
-from flatmin.checkpoint import RunDirectory as RunDirectory
-from flatmin.checkpoint import json_ready as json_ready
-from flatmin.data import Dataset as Dataset
-from flatmin.data import DatasetNotFoundError as DatasetNotFoundError
-from flatmin.data import load_dataset as load_dataset
-from flatmin.density import HessianDensity as HessianDensity
-from flatmin.density import hessian_density as hessian_density
-from flatmin.experiment import CONFIGS as CONFIGS
-from flatmin.experiment import ExperimentConfig as ExperimentConfig
-from flatmin.experiment import run_sharpness_table as run_sharpness_table
-from flatmin.experiment import seed_sharpness as seed_sharpness
-from flatmin.hessian import TraceEstimate as TraceEstimate
-from flatmin.hessian import hessian_eigenvalues as hessian_eigenvalues
-from flatmin.hessian import hessian_trace as hessian_trace
-from flatmin.hessian import hvp as hvp
-from flatmin.landscape import interpolate as interpolate
-from flatmin.landscape import interpolate_curved as interpolate_curved
-from flatmin.layers import merge_params as merge_params
-from flatmin.layers import restrict as restrict
-from flatmin.layers import split_params as split_params
-from flatmin.models import MODELS as MODELS
-from flatmin.models import build_model as build_model
-from flatmin.models import init_variables as init_variables
-from flatmin.objective import batch_norm_statistics as batch_norm_statistics
-from flatmin.objective import evaluate as evaluate
-from flatmin.objective import make_loss_fn as make_loss_fn
-from flatmin.sharding import gather as gather
-from flatmin.sharding import initialize_distributed as initialize_distributed
-from flatmin.sharding import seed_mesh as seed_mesh
-from flatmin.sharpness import SharpnessResult as SharpnessResult
-from flatmin.sharpness import box_radius as box_radius
-from flatmin.sharpness import sharpness as sharpness
-from flatmin.sharpness import solve_sharpness as solve_sharpness
-from flatmin.solvers import LBFGSB as LBFGSB
-from flatmin.solvers import ProjectedGradient as ProjectedGradient
-from flatmin.subspace import random_subspace as random_subspace
-from flatmin.train import TrainConfig as TrainConfig
-from flatmin.train import TrainResult as TrainResult
-from flatmin.train import epoch_program as epoch_program
-from flatmin.train import make_train_step as make_train_step
-from flatmin.train import train_seeds as train_seeds
+The science API is here; the layers live in subpackages, imports flowing one way:
+`flatmin.paper` (configs, protocols, tables) -> `flatmin.training` (data, networks, training)
+-> `flatmin.measures` (pure functions of a loss and a pytree); `flatmin.runtime` holds the
+plumbing (sharding, checkpoints, atomic writes).
+"""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+from flatmin.measures import (
+    LBFGSB,
+    AverageCaseSharpness,
+    HessianDensity,
+    NoiseFloor,
+    PacBayesSigma,
+    ProjectedGradient,
+    SharpnessResult,
+    TraceEstimate,
+    WorstCaseSharpness,
+    average_case_sharpness,
+    box_radius,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+    hvp,
+    interpolate,
+    interpolate_curved,
+    merge_params,
+    noise_floor,
+    pac_bayes_sigma,
+    random_subspace,
+    restrict,
+    sharpness,
+    solve_sharpness,
+    split_params,
+    worst_case_sharpness,
+)
+from flatmin.paper import CONFIGS, ExperimentConfig, Regime, Route, run_sharpness_table
+from flatmin.training import (
+    MODELS,
+    Dataset,
+    DatasetNotFoundError,
+    Schedule,
+    TrainResult,
+    batch_norm_statistics,
+    build_model,
+    evaluate,
+    init_variables,
+    load_dataset,
+    make_loss_fn,
+    seed_gradients,
+    seed_sharpness,
+    train_seeds,
+)
+
+__version__ = version("flatmin")
+
+__all__ = [
+    "CONFIGS",
+    "LBFGSB",
+    "MODELS",
+    "AverageCaseSharpness",
+    "Dataset",
+    "DatasetNotFoundError",
+    "ExperimentConfig",
+    "HessianDensity",
+    "NoiseFloor",
+    "PacBayesSigma",
+    "ProjectedGradient",
+    "Regime",
+    "Route",
+    "Schedule",
+    "SharpnessResult",
+    "TraceEstimate",
+    "TrainResult",
+    "WorstCaseSharpness",
+    "average_case_sharpness",
+    "batch_norm_statistics",
+    "box_radius",
+    "build_model",
+    "evaluate",
+    "hessian_density",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hvp",
+    "init_variables",
+    "interpolate",
+    "interpolate_curved",
+    "load_dataset",
+    "make_loss_fn",
+    "merge_params",
+    "noise_floor",
+    "pac_bayes_sigma",
+    "random_subspace",
+    "restrict",
+    "run_sharpness_table",
+    "seed_gradients",
+    "seed_sharpness",
+    "sharpness",
+    "solve_sharpness",
+    "split_params",
+    "train_seeds",
+    "worst_case_sharpness",
+]

@@ -159,9 +159,64 @@ def check_one_of(name: str, value: Any, choices: Collection[Any]) -> Any:
         valid = value in set(choices)
     except TypeError:  # unhashable: a list, an array
         valid = False
+    if _is_bool(value) and not any(isinstance(choice, bool) for choice in choices):
+        valid = False  # True == 1: a bool is no choice among numbers
     if not valid:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def check_scalar(
+    name: str, value: Any, *, minimum: float | None = None, above: float | None = None
+) -> Any:
+    """A real scalar that may be traced (vmapped over, say): its shape and dtype are checked
+    always, its value (finite, and the bound) when it is concrete. Returns it unchanged.
+
+    Raises:
+      ValueError: ``"{name} must be a finite real scalar > 0, got ..."`` and the like.
+    """
+    bound = ""
+    if minimum is not None:
+        bound = f" >= {minimum}"
+    elif above is not None:
+        bound = f" > {above}"
+    requirement = f"{name} must be a finite real scalar{bound}, got {_got(value)}"
+    if _is_bool(value) or np.ndim(value) != 0:
+        raise ValueError(requirement)
+    dtype = jnp.result_type(value)
+    if not jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(requirement)
+    if is_concrete(value):
+        check_float(name, value, minimum=minimum, above=above, note="")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A Python or NumPy bool (a static switch: 0 or "yes" would be a mistake)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_key(key: Any) -> jax.Array:
+    """A single typed PRNG key, or raw uint32 key data of the default implementation (wrapped);
+    None gives the fixed default key(0), so results are deterministic.
+
+    Raises:
+      ValueError: ``"key must be a single PRNG key (jax.random.key(seed)) or None, got ..."``.
+    """
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, jax.Array | np.ndarray):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        raw = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        if key.dtype == np.uint32 and key.shape == raw.shape:
+            return jax.random.wrap_key_data(key)
+    raise ValueError(
+        "key must be a single PRNG key (jax.random.key(seed)) or None, got "
+        f"{getattr(key, 'dtype', type(key).__name__)} of shape {np.shape(key)}"
+    )
 
 
 def check_callable(name: str, value: Any, *, optional: bool = False) -> Any:

@@ -16,8 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from flatmin._checks import check_loss_and_params
-from flatmin.solvers import LBFGSB, Solver
+from flatmin._checks import (
+    check_finite_array,
+    check_float,
+    check_int,
+    check_key,
+    check_loss_and_params,
+    check_one_of,
+    is_concrete,
+)
+from flatmin.measures.solvers import LBFGSB, Solver
 
 INITS = ("random", "zero")
 
@@ -110,9 +118,12 @@ def solve_sharpness(
       A `SharpnessResult`.
 
     Raises:
-      ValueError: for bad arguments, before any work; for a non-finite f(x) when called outside
-        `jax.jit`/`jax.vmap` (under a transformation the value is NaN instead, so one diverged
-        seed in a vmapped batch does not stop the others).
+      ValueError: for bad arguments, naming the argument, before any work (under jax.jit, the
+        values of traced arguments are not checked: see `_check_arguments`).
+
+    A non-finite f(x) (a diverged run's parameters) is not an error: the value is NaN, eagerly,
+    under jax.jit and under jax.vmap alike, so one diverged seed in a vmapped batch never stops
+    the others and a loop over seeds never needs a try. Check `jnp.isfinite(result.value)`.
 
     Float32 caveat: cross-entropy summed in float32 carries rounding noise of about 1e-7 per
     example. When the training loss is that small, f(x + A y) - f(x) is mostly rounding noise
@@ -120,15 +131,8 @@ def solve_sharpness(
     `jax_enable_x64` (everything here follows the dtype of `params`).
     """
     p = _check_arguments(loss_fn, params, A, eps, solver, restarts, init)
-    if key is None:
-        key = jax.random.key(0)
-    result = _solve(loss_fn, params, A, eps, key, solver, restarts, init, p)
-    if not isinstance(result.loss, jax.core.Tracer) and not np.isfinite(result.loss):
-        raise ValueError(
-            f"loss_fn(params) is not finite ({float(result.loss)}): sharpness is undefined at a "
-            "point where the loss is NaN or infinite (a diverged run?)"
-        )
-    return result
+    key = check_key(key)
+    return _solve(loss_fn, params, A, eps, key, solver, restarts, init, p)
 
 
 def box_radius(params: PyTree, A: jax.Array | None, eps: float | jax.Array) -> jax.Array:
@@ -142,8 +146,8 @@ def subspace_coordinates(A: jax.Array, x: jax.Array) -> jax.Array:
     """A^+ x, (p,), for a tall (n, p) A and (n,) x: the coordinates of x's projection on A.
 
     Through the (p, p) Gram matrix A^T A, one matrix product and a p x p eigendecomposition,
-    instead of an SVD of A: 10x faster at n = 5.6e5, p = 100 on CPU (`jnp.linalg.lstsq` took
-    ~3 s there, more than the ten solver iterations it feeds). One step of iterative refinement
+    instead of an SVD of the tall A, which costs more than the ten solver iterations it feeds
+    (benchmarks/sharpness.py times this box). One step of iterative refinement
     on the residual recovers the digits that squaring A's condition number costs. Directions
     with A^T A eigenvalue below `p * eps(dtype)` of the largest (singular values below
     sqrt(p * eps) of the largest: ~3.5e-3 in float32 at p = 100) count as A's null space,
@@ -199,48 +203,37 @@ _solve = jax.jit(_solve, static_argnames=("loss_fn", "solver", "restarts", "init
 
 
 def _check_arguments(loss_fn, params, A, eps, solver, restarts, init) -> int:
-    """Validates everything that can be checked without running the loss; returns p."""
-    n = check_loss_and_params(loss_fn, params)
-    leaves = jax.tree.leaves(params)
+    """Validates everything that can be checked without running the loss; returns p.
 
-    eps_value = _concrete(eps)
-    if eps_value is not None and not (np.isfinite(eps_value) and eps_value > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps_value}")
+    Under jax.jit / jax.vmap the values of traced arguments cannot be read: a traced eps is not
+    checked for being > 0 and finite, a traced A not for NaN entries. Their shapes and dtypes,
+    and every other argument, are checked all the same.
+    """
+    n = check_loss_and_params(loss_fn, params)
+    if np.ndim(eps) != 0:
+        raise ValueError(f"eps must be a scalar, got an array of shape {np.shape(eps)}")
+    if is_concrete(eps):
+        check_float("eps", eps, above=0)
     if not callable(getattr(solver, "maximize", None)):
         raise ValueError(
             "solver must be a solver object such as flatmin.LBFGSB(), flatmin.LBFGSB.paper() "
             f"or flatmin.ProjectedGradient(), got {solver!r}"
         )
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if not isinstance(restarts, int | np.integer) or restarts < 1:
-        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-
+    check_one_of("init", init, INITS)
+    check_int("restarts", restarts, minimum=1)
     if A is None:
-        p = n
-    else:
-        shape = np.shape(A)
-        if len(shape) != 2:
-            raise ValueError(f"A must be a 2-D (n, p) array, got shape {shape}")
-        if shape[0] != n:
-            raise ValueError(
-                f"A must have one row per parameter: params has n = {n} numbers, A has "
-                f"{shape[0]} rows"
-            )
-        p = shape[1]
-        if not 1 <= p <= n:
-            raise ValueError(f"A must have 1 <= p <= n = {n} columns, got p = {p}")
-        if not jnp.issubdtype(jnp.result_type(A), jnp.floating):
-            raise ValueError(f"A must be a floating array, got dtype {jnp.result_type(A)}")
-
-    # A diverged run's parameters are caught here, before the solve is compiled and run.
-    if _concrete(leaves) is not None and not all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
-        raise ValueError("params contain NaN or infinite values")
+        return n
+    shape = np.shape(A)
+    if len(shape) != 2:
+        raise ValueError(f"A must be a 2-D (n, p) array, got shape {shape}")
+    if shape[0] != n:
+        raise ValueError(
+            f"A must have one row per parameter: params has n = {n} numbers, A has {shape[0]} rows"
+        )
+    p = shape[1]
+    if not 1 <= p <= n:
+        raise ValueError(f"A must have 1 <= p <= n = {n} columns, got p = {p}")
+    if not jnp.issubdtype(jnp.result_type(A), jnp.floating):
+        raise ValueError(f"A must be a floating array, got dtype {jnp.result_type(A)}")
+    check_finite_array("A", A)
     return p
-
-
-def _concrete(value):
-    """`value` itself when it is concrete, None when any part of it is traced."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
-        return None
-    return value

@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flatmin._checks import check_int
-from flatmin.sharding import is_writer
+from flatmin.runtime.sharding import is_writer
 
 PyTree = Any
 CHECKPOINTS = "checkpoints"

@@ -89,9 +89,9 @@ def load_dataset(
       size: mnist1d only: the number of training examples, an integer >= 10; None means
         MNIST1D_SIZE (60000).
 
-    The mnist1d generator makes one example at a time (0.3-0.4 ms each on a busy CPU core, mostly
-    scipy interp1d set-up; the package has no vectorised path): 20-30 s for the default 75000,
-    hence the data_dir cache. It seeds NumPy's and Python's global random generators; their states
+    The mnist1d generator makes one example at a time (mostly scipy interp1d set-up; the package
+    has no vectorised path), so the default 75000 take tens of seconds: hence the data_dir
+    cache. It seeds NumPy's and Python's global random generators; their states
     are restored afterwards, so the caller's random state is unchanged (another thread drawing
     from them meanwhile would still disturb the generator). ``size=4000, seed=42`` with
     test_fraction 0.2 is the package's default, published MNIST-1D (``mnist1d_data.pkl``).

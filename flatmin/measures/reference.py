@@ -18,7 +18,7 @@ import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
 from flatmin._checks import check_loss_and_params
-from flatmin.sharpness import box_radius
+from flatmin.measures.sharpness import box_radius
 
 _box_radius = jax.jit(box_radius)
 

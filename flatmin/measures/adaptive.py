@@ -27,7 +27,7 @@ measure once per batch (or vmap it over batches) and average the values.
 
 Every function here is pure and jit/vmap-able (`loss_fn` static), takes an explicit PRNG key
 with a fixed default, validates its arguments before any work, and takes `only=` (see
-flatmin.layers) to perturb only some leaves of `params`.
+flatmin.measures.layers) to perturb only some leaves of `params`.
 """
 
 import math
@@ -39,19 +39,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from flatmin._arguments import (
-    check_batch_size,
-    check_choice,
-    check_count,
-    check_finite_loss,
-    check_flag,
-    check_measure_inputs,
-    check_nonnegative,
-    check_positive,
-    default_key,
+from flatmin._checks import (
+    check_bool,
+    check_int,
+    check_key,
+    check_one_of,
+    check_optional_int,
+    check_scalar,
 )
-from flatmin._montecarlo import map_samples, mean_and_stderr
-from flatmin.layers import Only, restrict_by_mask, split_by_mask
+from flatmin.measures._montecarlo import map_samples, mean_and_stderr
+from flatmin.measures.layers import Only, check_measure_inputs, restrict_by_mask, split_by_mask
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
@@ -179,28 +176,27 @@ def worst_case_sharpness(
       key: PRNG key for the starting points; a fixed default keeps results deterministic.
       steps: ascent steps per restart, >= 1 (20 in Andriushchenko et al.).
       restarts: starting points, solved at once (vmapped); the largest value wins.
-      only: perturb only the leaves this filter selects (flatmin.layers); None: all.
+      only: perturb only the leaves this filter selects (flatmin.measures.layers); None: all.
 
     Returns:
       A `WorstCaseSharpness`.
 
     Raises:
-      ValueError: for bad arguments, before any work; for a non-finite f(w) outside
-        `jax.jit`/`jax.vmap`.
+      ValueError: for bad arguments, before any work. A non-finite f(w) (a diverged seed)
+        gives a NaN value eagerly, under `jax.jit` and under `jax.vmap` alike.
     """
     if norm == math.inf:
         norm = "inf"
-    check_choice("norm", norm, NORMS)
+    check_one_of("norm", norm, NORMS)
     mask = check_measure_inputs(loss_fn, params, only)
-    check_positive("rho", rho)
-    check_nonnegative("xi", xi)
-    check_flag("adaptive", adaptive)
-    steps = check_count("steps", steps, 1)
-    restarts = check_count("restarts", restarts, 1)
+    check_scalar("rho", rho, above=0)
+    check_scalar("xi", xi, minimum=0)
+    check_bool("adaptive", adaptive)
+    steps = check_int("steps", steps, minimum=1)
+    restarts = check_int("restarts", restarts, minimum=1)
     result = _worst_case(
-        loss_fn, params, rho, xi, default_key(key), norm, adaptive, steps, restarts, mask
+        loss_fn, params, rho, xi, check_key(key), norm, adaptive, steps, restarts, mask
     )
-    check_finite_loss(result.loss)
     return result
 
 
@@ -238,35 +234,34 @@ def average_case_sharpness(
       key: PRNG key for the noise; a fixed default keeps results deterministic.
       batch_size: None evaluates all samples at once (vmapped: memory grows with N times one
         loss evaluation); an integer evaluates that many at a time, in sequence.
-      only: perturb only the leaves this filter selects (flatmin.layers); None: all.
+      only: perturb only the leaves this filter selects (flatmin.measures.layers); None: all.
 
     Returns:
       An `AverageCaseSharpness`.
 
     Raises:
-      ValueError: for bad arguments, before any work; for a non-finite f(w) outside
-        `jax.jit`/`jax.vmap`.
+      ValueError: for bad arguments, before any work. A non-finite f(w) (a diverged seed)
+        gives a NaN value eagerly, under `jax.jit` and under `jax.vmap` alike.
     """
-    check_choice("distribution", distribution, DISTRIBUTIONS)
+    check_one_of("distribution", distribution, DISTRIBUTIONS)
     mask = check_measure_inputs(loss_fn, params, only)
-    check_positive("sigma", sigma)
-    check_nonnegative("xi", xi)
-    check_flag("adaptive", adaptive)
-    num_samples = check_count("num_samples", num_samples, 2)
-    batch_size = check_batch_size(batch_size)
+    check_scalar("sigma", sigma, above=0)
+    check_scalar("xi", xi, minimum=0)
+    check_bool("adaptive", adaptive)
+    num_samples = check_int("num_samples", num_samples, minimum=2)
+    batch_size = check_optional_int("batch_size", batch_size, minimum=1)
     result = _average_case(
         loss_fn,
         params,
         sigma,
         xi,
-        default_key(key),
+        check_key(key),
         distribution,
         adaptive,
         num_samples,
         batch_size,
         mask,
     )
-    check_finite_loss(result.loss)
     return result
 
 
@@ -324,24 +319,24 @@ def pac_bayes_sigma(
       num_samples: N, >= 2.
       key: PRNG key for the noise; a fixed default keeps results deterministic.
       batch_size: as in `average_case_sharpness`.
-      only: perturb only the leaves this filter selects (flatmin.layers); None: all. The
+      only: perturb only the leaves this filter selects (flatmin.measures.layers); None: all. The
         terms then use the selected leaves alone (omega their number).
 
     Returns:
       A `PacBayesSigma`.
 
     Raises:
-      ValueError: for bad arguments, before any work; for a non-finite f(w) outside
-        `jax.jit`/`jax.vmap`.
+      ValueError: for bad arguments, before any work. A non-finite f(w) (a diverged seed)
+        gives a NaN value eagerly, under `jax.jit` and under `jax.vmap` alike.
     """
     mask = check_measure_inputs(loss_fn, params, only)
-    check_positive("target", target)
-    check_nonnegative("magnitude_eps", magnitude_eps)
-    check_positive("sigma_max", sigma_max)
-    check_flag("adaptive", adaptive)
-    steps = check_count("steps", steps, 1)
-    num_samples = check_count("num_samples", num_samples, 2)
-    batch_size = check_batch_size(batch_size)
+    check_scalar("target", target, above=0)
+    check_scalar("magnitude_eps", magnitude_eps, minimum=0)
+    check_scalar("sigma_max", sigma_max, above=0)
+    check_bool("adaptive", adaptive)
+    steps = check_int("steps", steps, minimum=1)
+    num_samples = check_int("num_samples", num_samples, minimum=2)
+    batch_size = check_optional_int("batch_size", batch_size, minimum=1)
     if init_params is None:
         init_params = jax.tree.map(jnp.zeros_like, params)
     elif jax.tree.structure(init_params) != jax.tree.structure(params) or any(
@@ -356,14 +351,13 @@ def pac_bayes_sigma(
         target,
         magnitude_eps,
         sigma_max,
-        default_key(key),
+        check_key(key),
         adaptive,
         steps,
         num_samples,
         batch_size,
         mask,
     )
-    check_finite_loss(result.loss)
     return result
 
 

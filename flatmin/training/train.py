@@ -1,4 +1,5 @@
-"""Training many seeds at once: optax Adam, one `lax.scan` per epoch, `jax.vmap` over seeds.
+"""Training many seeds at once: any flax model and optax optimizer, one `lax.scan` per epoch,
+`jax.vmap` over seeds.
 
 `train_seeds` compiles one epoch program for all seeds together and runs it once per epoch. A
 seed that meets its stopping rule (a target training loss, a plateau, or divergence) is frozen
@@ -7,6 +8,7 @@ seed's result is exactly its state at the epoch it stopped.
 """
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,21 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from flatmin._checks import (
     check_callable,
     check_float,
     check_int,
-    check_one_of,
     check_optional_float,
     check_optional_int,
 )
-from flatmin.checkpoint import Checkpoints
-from flatmin.data import DATASETS, Dataset, load_dataset
-from flatmin.models import MODELS, build_model, init_variables
-from flatmin.objective import check_examples, evaluate
-from flatmin.sharding import (
+from flatmin.runtime.checkpoint import Checkpoints
+from flatmin.runtime.sharding import (
     check_mesh,
     gather,
     pad_seeds,
@@ -40,21 +37,21 @@ from flatmin.sharding import (
     replicated,
     seed_sharding,
 )
+from flatmin.training.data import Dataset
+from flatmin.training.models import init_variables
+from flatmin.training.objective import check_examples, evaluate
 
 PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run, identical for every seed.
+class Schedule:
+    """How every seed trains: the minibatches, and when it stops.
 
     Attributes:
-      model: one of `flatmin.models.MODELS`; model_kwargs override its fields (e.g. hidden).
-      dataset: one of `flatmin.data.DATASETS` (used when `train_seeds` is given no data).
-      batch_size: examples per Adam step; an epoch is floor(N / batch_size) steps over a fresh
-        permutation (the remainder is dropped, differently each epoch).
+      batch_size: examples per optimizer step; an epoch is floor(N / batch_size) steps over a
+        fresh permutation (the remainder is dropped, differently each epoch).
       epochs: the most epochs any seed trains.
-      learning_rate: Adam's step size (betas 0.9 / 0.999, eps 1e-8: the paper's Keras defaults).
       target_loss: stop a seed once its evaluation-mode training loss is <= this (minimisers
         compared at equal loss), a finite number >= 0; None to not use this rule.
       patience: stop a seed after this many epochs without a relative improvement of
@@ -64,17 +61,11 @@ class TrainConfig:
         [0, 1).
       eval_chunk: examples per forward pass when evaluating on whole data sets.
 
-    Every field is checked when the config is made: ValueError naming the field for an unknown
-    model or dataset, sizes that are not integers >= 1 (bools included), a learning rate that
-    is not a finite number > 0, a NaN or negative target loss, and so on.
+    Every field is checked when the schedule is made (ValueError naming it).
     """
 
-    model: str = "mlp"
-    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    dataset: str = "digits"
-    batch_size: int = 32
-    epochs: int = 100
-    learning_rate: float = 1e-3
+    batch_size: int
+    epochs: int
     target_loss: float | None = None
     patience: int | None = None
     min_improvement: float = 1e-2
@@ -82,13 +73,10 @@ class TrainConfig:
 
     def __post_init__(self):
         """Validates every field (ValueError naming it) and stores numbers as int / float."""
-        check_one_of("model", self.model, MODELS)
-        check_one_of("dataset", self.dataset, DATASETS)
         checked = {
             "batch_size": check_int("batch_size", self.batch_size, minimum=1),
             "epochs": check_int("epochs", self.epochs, minimum=1),
             "eval_chunk": check_int("eval_chunk", self.eval_chunk, minimum=1),
-            "learning_rate": check_float("learning_rate", self.learning_rate, above=0),
             "target_loss": check_optional_float("target_loss", self.target_loss, minimum=0),
             "patience": check_optional_int("patience", self.patience, minimum=1),
             "min_improvement": check_float(
@@ -191,81 +179,125 @@ def make_train_step(
 
 
 def train_seeds(
-    config: TrainConfig,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    data: Dataset,
     keys: jax.Array,
-    data: Dataset | None = None,
     *,
-    progress: bool = False,
-    init_variables_fn: Callable[[jax.Array], dict] | None = None,
+    batch_size: int,
+    epochs: int,
+    target_loss: float | None = None,
+    patience: int | None = None,
+    min_improvement: float = 1e-2,
+    eval_chunk: int = 2048,
+    variables: dict | None = None,
+    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 5,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Trains one model per key, all seeds in one compiled epoch program.
+    """Trains one copy of `model` per key with `optimizer`, all seeds in one compiled program.
 
     Args:
-      config: the run.
+      model: a flax module called as ``model.apply(variables, x, train=...)`` with
+        ``mutable=["batch_stats"]`` in training and ``rngs={"dropout": key}`` (flatmin's models,
+        or your own of that form), mapping (n, ...) inputs to (n, data.num_classes) logits.
+      optimizer: any optax GradientTransformation (the paper: `optax.adam(1e-3)`).
+      data: the training set (x_train, y_train) and the test set whose accuracy is recorded.
       keys: (S,) PRNG keys, one per seed; seed k's result equals training keys[k] alone.
-      data: the data set; loaded from `config.dataset` when None.
-      progress: show a tqdm bar over epochs (from 3 s on) with the mean training loss.
-      init_variables_fn: key -> starting variables, overriding the model's initialisation (e.g.
-        to continue from a small-batch iterate); vmapped over `keys`.
+      batch_size, epochs, target_loss, patience, min_improvement, eval_chunk: the `Schedule`.
+      variables: starting variables stacked over seeds ({"params", "batch_stats"}, leading axis
+        S), e.g. the iterates of another run to continue from; None: `model.init` from each
+        seed's key (`init_variables`).
+      on_epoch: called after every epoch with (epoch, EpochMetrics of (S,) arrays): a
+        progress bar, a log. flatmin itself prints nothing.
       mesh: the seed axis is sharded over this mesh's "seeds" axis (default: all devices,
-        `flatmin.seed_mesh()`); S is padded to a multiple of its size and the padding dropped.
+        `flatmin.runtime.seed_mesh()`); S is padded to a multiple of its size, the padding
+        dropped.
       checkpoint_dir: if given, the run's state is saved there with orbax every
         `checkpoint_every` epochs and when it ends, and a rerun resumes from the latest
         checkpoint (a finished run returns at once). The same result as an uninterrupted run.
+        A checkpoint of another run (model, schedule, keys, data shapes, starting variables,
+        `fingerprint`) is refused.
       checkpoint_every: epochs between checkpoints.
+      fingerprint: JSON-able facts that identify the run beyond what train_seeds can see (the
+        optimizer's settings, say), checked with the checkpoints.
 
     Returns:
       A `TrainResult` (NumPy arrays, padding dropped).
 
     Raises:
-      ValueError: naming the argument, before anything is compiled: keys that are not a 1-D
-        array of S >= 1 keys (a single unsplit key included), a bad mesh or checkpoint_every,
-        and data that `flatmin.objective.check_examples` refuses (NaN or infinite inputs,
-        labels outside [0, data.num_classes), x and y of different lengths, float labels),
-        or a batch_size larger than the training set.
+      ValueError: naming the argument, before anything is compiled: a bad schedule; keys that
+        are not a 1-D array of S >= 1 keys (a single unsplit key included); variables without
+        a leading axis of S; a bad mesh or checkpoint_every; data that
+        `flatmin.training.objective.check_examples` refuses (NaN or infinite inputs, labels
+        outside [0, data.num_classes), x and y of different lengths, float labels); a
+        batch_size larger than the training set.
     """
-    if not isinstance(config, TrainConfig):
-        raise ValueError(f"config must be a flatmin.TrainConfig, got {type(config).__name__}")
+    schedule = Schedule(batch_size, epochs, target_loss, patience, min_improvement, eval_chunk)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a flax.linen.Module, got {type(model).__name__}")
+    for name in ("init", "update"):
+        if not callable(getattr(optimizer, name, None)):
+            raise ValueError(
+                f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
+            )
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a flatmin.Dataset, got {type(data).__name__}")
     keys = _check_keys(keys)
     mesh = check_mesh(mesh)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
-    check_callable("init_variables_fn", init_variables_fn, optional=True)
-    if data is None:
-        data = load_dataset(config.dataset)
-    model = build_model(config.model, data.num_classes, **config.model_kwargs)
+    check_callable("on_epoch", on_epoch, optional=True)
+    num_classes = check_int("data.num_classes", data.num_classes, minimum=2)
+    width = _logit_width(model, data.x_train)
+    if width != num_classes:
+        raise ValueError(f"model must output data.num_classes = {num_classes} logits, got {width}")
     for split in ("train", "test"):
         check_examples(
             model,
             getattr(data, f"x_{split}"),
             getattr(data, f"y_{split}"),
-            config.eval_chunk,
+            schedule.eval_chunk,
             x_name=f"data.x_{split}",
             y_name=f"data.y_{split}",
         )
     n = data.x_train.shape[0]
-    if config.batch_size > n:
+    if schedule.batch_size > n:
         raise ValueError(
-            f"batch_size ({config.batch_size}) is larger than the training set ({n} examples)"
+            f"batch_size ({schedule.batch_size}) is larger than the training set ({n} examples)"
         )
-    optimizer = optax.adam(config.learning_rate)
-    init_fn = init_variables_fn or (lambda key: init_variables(model, key, data.x_train.shape[1:]))
-    start, epoch_fn = epoch_program(config, model, optimizer, init_fn)
+    if variables is None:
+        shape = data.x_train.shape[1:]
+        variables = jax.vmap(lambda key: init_variables(model, jax.random.split(key)[0], shape))(
+            keys
+        )
+    elif {leaf.shape[:1] for leaf in jax.tree.leaves(variables)} != {keys.shape}:
+        raise ValueError(
+            f"variables must be stacked over the {keys.shape[0]} seeds (leading axis S), got "
+            f"leading axes {sorted({leaf.shape[:1] for leaf in jax.tree.leaves(variables)})}"
+        )
+    else:
+        fingerprint = {**(fingerprint or {}), "variables": _digest(variables)}
+    start, epoch_fn = epoch_program(schedule, model, optimizer)
     run_epoch = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None)), out_shardings=seed_sharding(mesh))
     arrays = place(tuple(data[:4]), replicated(mesh))
 
     checkpoints = None
     if checkpoint_dir is not None:
-        checkpoints = Checkpoints(
-            Path(checkpoint_dir),
-            {"config": dataclasses.asdict(config), "keys": jax.random.key_data(keys)},
-        )
+        identity = {
+            "model": repr(model),
+            "schedule": dataclasses.asdict(schedule),
+            "data": {"name": data.name, "shapes": [list(np.shape(a)) for a in data[:4]]},
+            "keys": jax.random.key_data(keys),
+            **(fingerprint or {}),
+        }
+        checkpoints = Checkpoints(Path(checkpoint_dir), identity)
     try:
         carry, history = _run_epochs(
-            config, keys, start, run_epoch, arrays, mesh, checkpoints, checkpoint_every, progress
-        )
+            schedule, keys, variables, start, run_epoch, arrays, mesh, checkpoints,
+            checkpoint_every, on_epoch,
+        )  # fmt: skip
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -278,7 +310,26 @@ def train_seeds(
     )
 
 
-def _run_epochs(config, keys, start, run_epoch, arrays, mesh, checkpoints, every, progress):
+def _logit_width(model: nn.Module, x: np.ndarray) -> int:
+    """The width of `model`'s output on one example of x (shapes only; nothing computed)."""
+    example = jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), jnp.result_type(x))
+    logits, _ = jax.eval_shape(
+        lambda xs: model.init_with_output(jax.random.key(0), xs, train=False), example
+    )
+    return int(logits.shape[-1])
+
+
+def _digest(tree: Any) -> str:
+    """sha256 of a pytree's leaves' bytes: which starting variables a run began from."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+def _run_epochs(
+    schedule, keys, variables, start, run_epoch, arrays, mesh, checkpoints, every, on_epoch
+):
     """The epoch loop of `train_seeds`, resumed from `checkpoints` when they hold a run.
 
     Returns the final carry (sharded, padded) and the per-epoch metrics (padding dropped)."""
@@ -288,11 +339,13 @@ def _run_epochs(config, keys, start, run_epoch, arrays, mesh, checkpoints, every
     restored = None
     if checkpoints is not None:
         abstract = _checkpoint_tree(
-            jax.eval_shape(jax.vmap(start), keys), _history_shape(num_seeds, config.epochs)
+            jax.eval_shape(jax.vmap(start), keys, variables),
+            _history_shape(num_seeds, schedule.epochs),
         )
         restored = checkpoints.restore(abstract)
     if restored is None:
-        carry = jax.jit(jax.vmap(start), out_shardings=seeds)(place(pad_seeds(keys, size), seeds))
+        padded = place(pad_seeds((keys, variables), size), seeds)
+        carry = jax.jit(jax.vmap(start), out_shardings=seeds)(*padded)
         history, first_epoch, finished = [], 0, False
     else:
         tree, meta = restored
@@ -305,48 +358,38 @@ def _run_epochs(config, keys, start, run_epoch, arrays, mesh, checkpoints, every
             for e in range(first_epoch)
         ]
 
-    bar = tqdm(
-        initial=first_epoch,
-        total=config.epochs,
-        desc="epochs",
-        unit="epoch",
-        delay=3.0,
-        disable=not progress,
-    )
     epoch = first_epoch
-    while not finished and epoch < config.epochs:
+    while not finished and epoch < schedule.epochs:
         carry = run_epoch(carry, (np.int32(epoch), *arrays))
         epoch += 1
         metrics, done = gather((carry.metrics, carry.stop.done), num_seeds)
         history.append(EpochMetrics(*metrics))
-        bar.update()
-        bar.set_postfix(train_loss=f"{np.nanmean(metrics.train_loss):.3g}")
-        finished = bool(np.all(done)) or epoch == config.epochs
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])
+        finished = bool(np.all(done)) or epoch == schedule.epochs
         if checkpoints is not None and (finished or epoch % every == 0):
             checkpoints.save(
                 epoch,
-                _checkpoint_tree(gather(carry, num_seeds), _stack(history, config.epochs)),
+                _checkpoint_tree(gather(carry, num_seeds), _stack(history, schedule.epochs)),
                 {"epoch": epoch, "finished": finished},
             )
-    bar.close()
     return carry, history
 
 
 def epoch_program(
-    config: TrainConfig,
+    schedule: Schedule,
     model: nn.Module,
     optimizer: optax.GradientTransformation,
-    init_fn: Callable[[jax.Array], dict],
-) -> tuple[Callable[[jax.Array], SeedCarry], Callable[[SeedCarry, tuple], SeedCarry]]:
+) -> tuple[Callable[[jax.Array, dict], SeedCarry], Callable[[SeedCarry, tuple], SeedCarry]]:
     """One seed's (start, epoch) functions, which `train_seeds` vmaps and compiles.
 
-    start(key) -> SeedCarry builds the seed's initial state from `init_fn`; epoch(carry,
+    start(key, variables) -> SeedCarry builds the seed's initial state from its starting
+    variables (its dropout randomness from the second half of split(key)); epoch(carry,
     (epoch, x, y, x_test, y_test)) -> carry trains one epoch and applies the stopping rules.
     """
 
-    def start(key: jax.Array) -> SeedCarry:
-        init_key, dropout_key = jax.random.split(key)
-        variables = init_fn(init_key)
+    def start(key: jax.Array, variables: dict) -> SeedCarry:
+        dropout_key = jax.random.split(key)[1]
         state = TrainState(
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),  # {} without batch norm
@@ -364,7 +407,7 @@ def epoch_program(
         nan = jnp.full((), jnp.nan, jnp.float32)
         return SeedCarry(state, stop, EpochMetrics(nan, nan, nan))
 
-    return start, _make_epoch(config, model, optimizer)
+    return start, _make_epoch(schedule, model, optimizer)
 
 
 def _history_shape(num_seeds: int, epochs: int) -> EpochMetrics:
@@ -399,7 +442,7 @@ def _from_checkpoint(carry: SeedCarry, impl: Any) -> SeedCarry:
     return carry._replace(state=carry.state._replace(key=key))
 
 
-def _make_epoch(config: TrainConfig, model: nn.Module, optimizer: optax.GradientTransformation):
+def _make_epoch(schedule: Schedule, model: nn.Module, optimizer: optax.GradientTransformation):
     """One seed's epoch: (carry, (epoch, x, y, x_test, y_test)) -> carry."""
     train_step = make_train_step(model, optimizer)
 
@@ -407,13 +450,14 @@ def _make_epoch(config: TrainConfig, model: nn.Module, optimizer: optax.Gradient
         state, stop = carry.state, carry.stop
         epoch, x, y, x_test, y_test = inputs
         n = x.shape[0]
-        num_batches = n // config.batch_size
+        num_batches = n // schedule.batch_size
         # A fresh permutation each epoch, from the seed's own key: seeds see different orders.
         order = jax.random.permutation(jax.random.fold_in(state.key, -1 - epoch), n)
-        batches = order[: num_batches * config.batch_size].reshape(num_batches, config.batch_size)
+        size = schedule.batch_size
+        batches = order[: num_batches * size].reshape(num_batches, size)
         new_state, _ = jax.lax.scan(lambda s, idx: train_step(s, (x[idx], y[idx])), state, batches)
 
-        chunk = config.eval_chunk
+        chunk = schedule.eval_chunk
         loss, accuracy = evaluate(
             model, new_state.params, new_state.batch_stats, x, y, chunk_size=chunk
         )
@@ -422,7 +466,7 @@ def _make_epoch(config: TrainConfig, model: nn.Module, optimizer: optax.Gradient
         )
         new = SeedCarry(
             new_state,
-            _update_stop(config, stop, loss),
+            _update_stop(schedule, stop, loss),
             EpochMetrics(loss, accuracy, test_accuracy),
         )
         # A seed that was already done is frozen: state, stopping record and metrics.
@@ -431,17 +475,17 @@ def _make_epoch(config: TrainConfig, model: nn.Module, optimizer: optax.Gradient
     return epoch_fn
 
 
-def _update_stop(config: TrainConfig, stop: StopState, loss: jax.Array) -> StopState:
+def _update_stop(schedule: Schedule, stop: StopState, loss: jax.Array) -> StopState:
     """Applies the stopping rules to one seed after an epoch that ended with training `loss`."""
     epochs = stop.epochs + 1
     diverged = ~jnp.isfinite(loss)
-    improved = loss < stop.best_loss * (1 - config.min_improvement)
+    improved = loss < stop.best_loss * (1 - schedule.min_improvement)
     stale = jnp.where(improved, 0, stop.stale + 1)
     done = diverged
-    if config.target_loss is not None:
-        done |= loss <= config.target_loss
-    if config.patience is not None:
-        done |= stale >= config.patience
+    if schedule.target_loss is not None:
+        done |= loss <= schedule.target_loss
+    if schedule.patience is not None:
+        done |= stale >= schedule.patience
     return StopState(
         done=done,
         epochs=epochs,

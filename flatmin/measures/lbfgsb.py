@@ -282,12 +282,19 @@ def _dispatch(predicate: Callable, if_true: Callable, if_false: Callable) -> Cal
             for arg, bat in zip(args, in_batched, strict=True)
         ]
         batched = _dispatch(
-            lambda *a: jnp.any(jax.vmap(predicate)(*a)), jax.vmap(if_true), jax.vmap(if_false)
+            lambda *a: jnp.any(jax.vmap(predicate)(*a)),
+            _lane_by_lane(if_true),
+            jax.vmap(if_false),
         )
         out = batched(*args)
         return out, jax.tree.map(lambda _: True, out)
 
     return branch
+
+
+def _lane_by_lane(f: Callable) -> Callable:
+    """f over the leading axis of every argument, one lane at a time (lax.map)."""
+    return lambda *args: jax.lax.map(lambda lane: f(*lane), args)
 
 
 # --- Moré-Thuente line search (MINPACK-2 dcsrch / dcstep, as scipy's lnsrlb calls them) --------

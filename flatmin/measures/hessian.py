@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from flatmin._checks import check_int, check_loss_and_params, check_optional_int
-from flatmin._montecarlo import map_samples, mean_and_stderr
+from flatmin.measures._montecarlo import map_samples, mean_and_stderr
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]

@@ -22,9 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flatmin._checks import check_finite_array, check_int, is_concrete
+from flatmin._checks import check_finite_array, check_int, check_one_of, is_concrete
 
 PyTree = Any
+
+# How batch norm normalises inside f (see `make_loss_fn`).
+BN_MODES = ("running", "batch")
 
 
 def evaluate(
@@ -81,23 +84,54 @@ def make_loss_fn(
     y: jax.Array,
     *,
     chunk_size: int = 2048,
+    bn: str = "running",
 ) -> Callable[[PyTree], jax.Array]:
-    """f(params) -> scalar: the evaluation-mode mean cross-entropy over (x, y).
+    """f(params) -> scalar: the mean cross-entropy over (x, y), dropout off.
 
-    batch_stats (the running statistics) stay fixed: they are not parameters being perturbed.
+    Args:
+      bn: how batch norm normalises. "running": by `batch_stats`, the running averages, fixed
+        (they are not parameters being perturbed): evaluation mode, f a function of the
+        parameters alone. "batch": by the statistics of the whole of x under the parameters
+        being evaluated (training mode, all N examples as one batch), as the authors' Keras
+        code normalised even at test time; batch_stats is unused, and x goes through in one
+        forward pass, so memory grows with N (chunk_size is unused).
 
     Raises:
       ValueError: naming the argument, here and not when f is called: see `check_examples`
-        (num_classes from the width of the model's freshly initialised output). With x or y
-        traced (make_loss_fn called under `jax.jit`), only their shapes and dtypes are checked,
-        as in `evaluate`.
+        (num_classes from the width of the model's freshly initialised output), and an unknown
+        bn. With x or y traced (make_loss_fn called under `jax.jit`), only their shapes and
+        dtypes are checked, as in `evaluate`.
     """
+    check_one_of("bn", bn, BN_MODES)
     chunk_size = check_examples(model, x, y, chunk_size)
+
+    if bn == "batch":
+
+        def loss_fn(params: PyTree) -> jax.Array:
+            logits = _batch_mode_logits(model, params, batch_stats, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return loss_fn
 
     def loss_fn(params: PyTree) -> jax.Array:
         return _evaluate(model, params, batch_stats, x, y, chunk_size)[0]
 
     return loss_fn
+
+
+def _batch_mode_logits(model, params, batch_stats, x):
+    """Logits with batch norm on the statistics of x itself (training mode) and dropout off."""
+
+    def without_dropout(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+            return args[0] if args else kwargs["inputs"]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(without_dropout):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+    return logits
 
 
 def check_examples(

@@ -7,8 +7,8 @@ path (a tuple of keys) and returning a bool. Selected leaves are "measured", the
 Both halves keep the structure of `params`, with None in place of the other half's leaves (None
 is an empty pytree, so `ravel_pytree`, `jax.tree.map` and the measures skip it).
 
-Every measure in flatmin.adaptive and flatmin.density takes `only=` directly. Any other function
-of `(loss_fn, params)`, flatmin.sharpness for one, is restricted by `restrict`:
+Every measure in flatmin.measures.adaptive and flatmin.measures.density takes `only=` directly.
+Any other function of `(loss_fn, params)`, flatmin.sharpness for one, is restricted by `restrict`:
 
     loss_of_layer, layer = restrict(loss_fn, params, only="dense_1")
     flatmin.sharpness(loss_of_layer, layer, eps=1e-3)
@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from flatmin._checks import check_loss_and_params
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
@@ -106,3 +108,10 @@ def restrict_by_mask(
         measured,
         lambda tree: merge_params(tree, zeros),
     )
+
+
+def check_measure_inputs(loss_fn: Any, params: Any, only: Only | None) -> tuple[bool, ...] | None:
+    """loss_fn and params (floating, non-empty) and the filter `only`, before any work; returns
+    the leaf mask `only` selects (None: every leaf)."""
+    check_loss_and_params(loss_fn, params)
+    return None if only is None else path_mask(params, only)

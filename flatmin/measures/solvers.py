@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flatmin import _projected_gradient, lbfgsb
+from flatmin.measures import _projected_gradient, lbfgsb
 
 # How far the rescaled objective's first unit step reaches, in half-boxes, along the coordinate
 # with the largest gradient. At 1 steps crawl: with -f concave every curvature pair is
@@ -71,7 +71,7 @@ def _check_tolerance(name: str, value) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LBFGSB:
-    """L-BFGS-B, flatmin's own (`flatmin.lbfgsb`): vmappable, no loop over coordinates.
+    """L-BFGS-B, flatmin's own (`flatmin.measures.lbfgsb`): vmappable, no loop over coordinates.
 
     Attributes:
       maxiter: iterations (scipy's maxiter); the paper used 10.

@@ -28,18 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatmin._arguments import (
-    check_batch_size,
-    check_choice,
-    check_count,
-    check_measure_inputs,
-    check_positive,
-    concrete,
-    default_key,
+from flatmin._checks import (
+    check_int,
+    check_key,
+    check_one_of,
+    check_optional_int,
+    check_scalar,
+    is_concrete,
 )
-from flatmin._montecarlo import map_samples
-from flatmin.hessian import _flat_hvp, _lanczos_basis
-from flatmin.layers import Only, restrict_by_mask
+from flatmin.measures._montecarlo import map_samples
+from flatmin.measures.hessian import _flat_hvp, _lanczos_basis
+from flatmin.measures.layers import Only, check_measure_inputs, restrict_by_mask
 
 PyTree = Any
 LossFn = Callable[[PyTree], jax.Array]
@@ -85,9 +84,9 @@ def hessian_density(
     """The Hessian's spectral density at `grid` by stochastic Lanczos quadrature.
 
     Each probe runs `num_iterations` Lanczos iterations (Hessian-vector products) with full
-    reorthogonalisation (flatmin.hessian's Lanczos, started from the probe). Where the probe's
-    Krylov space is invariant (few distinct eigenvalues) Lanczos continues from fresh vectors
-    orthogonal to it; their nodes carry weight ~0, so the quadrature is unaffected.
+    reorthogonalisation (flatmin.measures.hessian's Lanczos, started from the probe). Where the
+    probe's Krylov space is invariant (few distinct eigenvalues) Lanczos continues from fresh
+    vectors orthogonal to it; their nodes carry weight ~0, so the quadrature is unaffected.
 
     Cost: P m Hessian-vector products; memory O(m n) per probe evaluated at once.
 
@@ -104,8 +103,8 @@ def hessian_density(
       probe: "rademacher" (+-1 entries) or "gaussian", normalised to unit length.
       batch_size: None runs all probes at once (vmapped: memory P m n); an integer runs that
         many at a time, in sequence.
-      only: the Hessian of the leaves this filter selects (flatmin.layers), the others frozen:
-        the diagonal block of H for them, n their number. None: all.
+      only: the Hessian of the leaves this filter selects (flatmin.measures.layers), the others
+        frozen: the diagonal block of H for them, n their number. None: all.
 
     Returns:
       A `HessianDensity`.
@@ -117,31 +116,31 @@ def hessian_density(
     leaves = jax.tree.leaves(params)
     selected = [True] * len(leaves) if mask is None else mask
     n = sum(int(np.size(x)) for x, m in zip(leaves, selected, strict=True) if m)
-    check_choice("probe", probe, PROBES)
-    num_probes = check_count("num_probes", num_probes, 1)
+    check_one_of("probe", probe, PROBES)
+    num_probes = check_int("num_probes", num_probes, minimum=1)
     if num_iterations is None:
         num_iterations = min(n, DEFAULT_ITERATIONS)
-    num_iterations = check_count("num_iterations", num_iterations, 1)
+    num_iterations = check_int("num_iterations", num_iterations, minimum=1)
     if num_iterations > n:
         raise ValueError(f"num_iterations must be <= n = {n} parameters, got {num_iterations}")
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_optional_int("batch_size", batch_size, minimum=1)
     if np.ndim(grid) != 1 or np.shape(grid)[0] < 1:
         raise ValueError(f"grid must be a 1-D array of points, got shape {np.shape(grid)}")
     if not jnp.issubdtype(jnp.result_type(grid), jnp.number) or jnp.iscomplexobj(grid):
         raise ValueError(f"grid must hold real numbers, got dtype {jnp.result_type(grid)}")
-    if concrete(grid) is not None and not np.all(np.isfinite(np.asarray(grid))):
+    if is_concrete(grid) and not np.all(np.isfinite(np.asarray(grid))):
         raise ValueError("grid must hold finite numbers")
     if sigma is None:
         sigma = DEFAULT_WIDTH * (jnp.max(grid) - jnp.min(grid))
-        if concrete(sigma) is not None and not float(sigma) > 0:
+        if is_concrete(sigma) and not float(sigma) > 0:
             raise ValueError("sigma must be given when the grid spans no interval")
-    check_positive("sigma", sigma)
+    check_scalar("sigma", sigma, above=0)
     return _density(
         loss_fn,
         params,
         jnp.asarray(grid),
         sigma,
-        default_key(key),
+        check_key(key),
         num_probes,
         num_iterations,
         probe,

@@ -1,0 +1,148 @@
+"""Measures of many trained seeds at once: variables stacked over seeds, solved vmapped.
+
+Each seed's f is its own evaluation-mode training loss (`make_loss_fn`, its own batch-norm
+statistics); the seeds are sharded over a mesh (default: all devices) and solved in groups
+through one compiled program. A diverged seed gives NaN, never an error.
+"""
+
+import operator
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flatmin._checks import check_optional_int
+from flatmin.measures.sharpness import SharpnessResult, solve_sharpness
+from flatmin.measures.solvers import LBFGSB, Solver
+from flatmin.runtime.sharding import (
+    check_mesh,
+    gather,
+    pad_seeds,
+    padded_size,
+    place,
+    replicated,
+    seed_sharding,
+)
+from flatmin.training.objective import make_loss_fn
+
+
+def seed_sharpness(
+    model,
+    variables: dict,
+    x: jax.Array,
+    y: jax.Array,
+    A: jax.Array | None,
+    eps: float,
+    *,
+    key: jax.Array,
+    solver: Solver = LBFGSB(),
+    restarts: int = 1,
+    init: str = "random",
+    bn: str = "running",
+    chunk_size: int = 2048,
+    seeds_per_solve: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> SharpnessResult:
+    """Metric 2.1 of every seed (see `flatmin.solve_sharpness` for A, eps, solver, key,
+    restarts, init; `make_loss_fn` for bn).
+
+    seeds_per_solve: how many seeds one vmapped solve takes (rounded up to a multiple of the
+      mesh size; None: all of them); the groups run one after another through the same
+      compiled program, the last one padded. Memory grows with the seeds solved together (each
+      vmapped loss evaluation holds every seed's activations): give a size for many seeds.
+
+    Returns:
+      A `SharpnessResult` of (S,) NumPy arrays, y left out (None): it is as large as the
+      variables.
+    """
+    seeds_per_solve = check_optional_int("seeds_per_solve", seeds_per_solve, minimum=1)
+    solve = partial(_seed_sharpness, model, solver=solver, restarts=restarts, init=init, bn=bn,
+                    chunk=chunk_size)  # fmt: skip
+    return _in_groups(solve, variables, (x, y, A, np.float32(eps), key), seeds_per_solve, mesh)
+
+
+def seed_gradients(
+    model,
+    variables: dict,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    bn: str = "running",
+    chunk_size: int = 2048,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, np.ndarray]:
+    """Every seed's f and the infinity- and 2-norm of its gradient at the trained parameters,
+    (S,) each: how stationary each solution is (scipy's pgtol tests a projected gradient)."""
+    solve = partial(_seed_gradients, model, bn=bn, chunk=chunk_size)
+    return _in_groups(solve, variables, (x, y), None, mesh)
+
+
+def seed_measure(
+    measure,
+    model,
+    variables: dict,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    bn: str = "running",
+    chunk_size: int = 2048,
+    seeds_per_solve: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """`measure(loss_fn, params)` (a pytree of arrays) of every seed, vmapped: any measure of
+    flatmin.measures, its f each seed's own training loss. `measure` is static under jit:
+    pass the same function object to reuse the compiled program. Leaves gain a seed axis."""
+    seeds_per_solve = check_optional_int("seeds_per_solve", seeds_per_solve, minimum=1)
+    solve = partial(_seed_measure, model, measure=measure, bn=bn, chunk=chunk_size)
+    return _in_groups(solve, variables, (x, y), seeds_per_solve, mesh)
+
+
+def _in_groups(solve, variables, shared, group_size, mesh) -> dict | SharpnessResult:
+    """solve(variables_group, *shared) over groups of seeds, sharded and gathered."""
+    mesh = check_mesh(mesh)
+    num_seeds = jax.tree.leaves(variables)[0].shape[0]
+    group = padded_size(min(group_size or num_seeds, num_seeds), mesh)
+    shared = place(shared, replicated(mesh))
+    parts = []
+    for start in range(0, num_seeds, group):
+        part = jax.tree.map(operator.itemgetter(slice(start, start + group)), variables)
+        size = jax.tree.leaves(part)[0].shape[0]
+        part = place(pad_seeds(part, group), seed_sharding(mesh))
+        parts.append(gather(solve(part, *shared), size))
+    return jax.tree.map(lambda *columns: np.concatenate(columns), *parts)
+
+
+@partial(jax.jit, static_argnames=("model", "solver", "restarts", "init", "bn", "chunk"))
+def _seed_sharpness(model, variables, x, y, A, eps, key, *, solver, restarts, init, bn, chunk):
+    def one(params, batch_stats):
+        loss_fn = make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn)
+        result = solve_sharpness(
+            loss_fn, params, A, eps, solver=solver, key=key, restarts=restarts, init=init
+        )
+        return result._replace(y=None)
+
+    return jax.vmap(one)(variables["params"], variables["batch_stats"])
+
+
+@partial(jax.jit, static_argnames=("model", "measure", "bn", "chunk"))
+def _seed_measure(model, variables, x, y, *, measure, bn, chunk):
+    def one(params, batch_stats):
+        return measure(make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn), params)
+
+    return jax.vmap(one)(variables["params"], variables["batch_stats"])
+
+
+@partial(jax.jit, static_argnames=("model", "bn", "chunk"))
+def _seed_gradients(model, variables, x, y, *, bn, chunk):
+    def one(params, batch_stats):
+        loss_fn = make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn)
+        loss, grad = jax.value_and_grad(loss_fn)(params)
+        flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grad)])
+        return {
+            "loss": loss,
+            "grad_inf_norm": jnp.max(jnp.abs(flat)),
+            "grad_2_norm": jnp.linalg.norm(flat),
+        }
+
+    return jax.vmap(one)(variables["params"], variables["batch_stats"])
