@@ -21,7 +21,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from _timing import (
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import flatmin
+from benchmarks._timing import (
     benchmark_parser,
     compiled,
     environment,
@@ -29,13 +32,18 @@ from _timing import (
     parse_benchmark_args,
     report,
 )
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from sweep import QUICK_HIDDEN, REGIMES, epoch_program, seed_keys, train_config, vmapped_epoch
-
-import flatmin
-from flatmin.data import load_dataset
-from flatmin.models import build_model, init_variables
-from flatmin.objective import make_loss_fn
+from benchmarks.sweep import (
+    QUICK_HIDDEN,
+    REGIMES,
+    epoch_program,
+    seed_keys,
+    train_config,
+    vmapped_epoch,
+)
+from flatmin.paper.protocol import network
+from flatmin.training.data import load_dataset
+from flatmin.training.models import init_variables
+from flatmin.training.objective import make_loss_fn
 
 EPS = 1e-3
 MAXITERS = (10, 100)
@@ -74,8 +82,7 @@ def compile_times(
 def sharpness_compile(hidden: Sequence[int] | None, solvers: Sequence[str], repeats: int) -> dict:
     """Compile times of the sharpness solve per space, solver and maxiter, with the ratios."""
     data = load_dataset("digits")
-    config = train_config("SB", hidden)
-    model = build_model(config.model, data.num_classes, **config.model_kwargs)
+    model, _ = network(train_config("SB", hidden).config, data)
     variables = init_variables(model, jax.random.key(0), data.x_train.shape[1:])
     params = variables["params"]
     loss = make_loss_fn(model, variables["batch_stats"], data.x_train, data.y_train)
@@ -155,11 +162,13 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
         "config": {
             "quick": quick,
             "repeats": repeats,
-            "model_kwargs": dict(train_config("SB", hidden).model_kwargs),
+            "model_kwargs": dict(train_config("SB", hidden).config.model_kwargs),
             "dataset": "digits",
             "eps": EPS,
             "maxiters": list(MAXITERS),
-            "solvers": {name: flatmin.solvers.solver_to_json(SOLVERS[name]) for name in solvers},
+            "solvers": {
+                name: flatmin.measures.solvers.solver_to_json(SOLVERS[name]) for name in solvers
+            },
             "solve_seeds": list(SOLVE_SEEDS),
             "subspace_dim": SUBSPACE_DIM,
             "epoch_seeds": list(seeds),

@@ -11,7 +11,7 @@ per-repeat ratios):
 * floor: (maxiter + 1) value-and-gradient calls of f, each run to completion; "floor in y" the
   same of y -> f(x + A y), which prices a subspace's (n, p) products too;
 * box: `flatmin.box_radius` (A^+ x);
-* scipy: `flatmin.reference.scipy_sharpness`, the authors' route (fmin_l_bfgs_b from y = 0,
+* scipy: `flatmin.measures.reference.scipy_sharpness`, the authors' route (fmin_l_bfgs_b from y = 0,
   defaults, maxiter 10), its box computed beforehand and added;
 * each solver of SOLVERS through `flatmin.solve_sharpness(..., init="zero")` (scipy's start),
   its evaluations as the result reports them (tests/test_solvers.py checks those counts
@@ -29,7 +29,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _timing import (
+import optax
+from jax.flatten_util import ravel_pytree
+
+import flatmin
+from benchmarks._timing import (
     benchmark_parser,
     compiled,
     environment,
@@ -40,11 +44,8 @@ from _timing import (
     report,
     timed_together,
 )
-from jax.flatten_util import ravel_pytree
-
-import flatmin
-from flatmin.reference import scipy_sharpness
-from flatmin.solvers import solver_to_json
+from flatmin.measures.reference import scipy_sharpness
+from flatmin.measures.solvers import solver_to_json
 
 EPS = 1e-3
 MAXITER = 10
@@ -74,14 +75,11 @@ class Problem(NamedTuple):
 
 def _problem(name: str, data: flatmin.Dataset, hidden, batch: int, epochs: int, seeds: int):
     model = flatmin.build_model("mlp", data.num_classes, hidden=tuple(hidden))
-    # The data set is passed in; the config's name only labels it (synthetic data as mnist).
-    dataset = data.name if data.name in flatmin.data.DATASETS else "mnist"
-    config = flatmin.TrainConfig(
-        model="mlp", model_kwargs={"hidden": tuple(hidden)}, dataset=dataset,
+    start = time.perf_counter()
+    trained = flatmin.train_seeds(
+        model, optax.adam(1e-3), data, jax.random.split(jax.random.key(0), seeds),
         batch_size=batch, epochs=epochs,
     )  # fmt: skip
-    start = time.perf_counter()
-    trained = flatmin.train_seeds(config, jax.random.split(jax.random.key(0), seeds), data)
     seconds = time.perf_counter() - start
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     first = jax.tree.map(lambda leaf: leaf[0], trained.variables)
@@ -90,9 +88,12 @@ def _problem(name: str, data: flatmin.Dataset, hidden, batch: int, epochs: int, 
         "architecture": f"{int(np.prod(x.shape[1:]))}-{'-'.join(map(str, hidden))}-10",
         "n_params": int(ravel_pytree(first["params"])[0].size),
         "n_examples": int(x.shape[0]),
-        "train": {"batch_size": batch, "epochs": epochs, "seeds": seeds, "seconds": seconds},
+        "train": {
+            "optimizer": "adam(1e-3)", "batch_size": batch, "epochs": epochs, "seeds": seeds,
+            "seconds": seconds,
+        },
         "final_train_loss": [float(v) for v in trained.history.train_loss[:, -1]],
-    }
+    }  # fmt: skip
     return Problem(name, model, trained.variables, x, y, loss, first["params"], sizes)
 
 

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from _timing import (
+
+import flatmin
+from benchmarks._timing import (
     benchmark_parser,
     compiled,
     environment,
@@ -28,9 +30,7 @@ from _timing import (
     report,
     timed,
 )
-
-import flatmin
-from flatmin.solvers import solver_to_json
+from flatmin.measures.solvers import solver_to_json
 
 SIZES = (10_000, 100_000, 565_258)
 QUICK_SIZES = (1_000,)

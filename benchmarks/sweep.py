@@ -2,7 +2,8 @@
 
 For S in {1, 2, 4, 8, 16} and both regimes (SB: batch 16, 89 Adam steps per epoch; LB: batch
 1437, one step per epoch), it times the epoch program that `train_seeds` runs once per epoch,
-`jax.jit(jax.vmap(epoch, in_axes=(0, None)))` with `epoch` from `flatmin.train.epoch_program`:
+`jax.jit(jax.vmap(epoch, in_axes=(0, None)))`, `epoch` from
+`flatmin.training.train.epoch_program`:
 
 * vmapped: lower and compile seconds (after `jax.clear_caches()`), and the run time of one
   epoch of all S seeds (median over repeats);
@@ -16,14 +17,15 @@ For S in {1, 2, 4, 8, 16} and both regimes (SB: batch 16, 89 Adam steps per epoc
 Run `python benchmarks/sweep.py [--json PATH] [--repeats N] [--quick]`.
 """
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
-from _timing import (
+
+from benchmarks._timing import (
     benchmark_parser,
     compiled,
     environment,
@@ -32,12 +34,12 @@ from _timing import (
     report,
     timed,
 )
-
-from flatmin.data import Dataset, load_dataset
-from flatmin.experiment import CONFIGS
-from flatmin.models import build_model, init_variables
-from flatmin.train import SeedCarry, TrainConfig
-from flatmin.train import epoch_program as train_epoch_program
+from flatmin.paper.configs import CONFIGS
+from flatmin.paper.protocol import network
+from flatmin.training.data import Dataset, load_dataset
+from flatmin.training.models import init_variables
+from flatmin.training.train import Schedule, SeedCarry
+from flatmin.training.train import epoch_program as train_epoch_program
 
 SEEDS = (1, 2, 4, 8, 16)
 QUICK_SEEDS = (1, 2)
@@ -50,10 +52,17 @@ TARGET_COMPILE_GROWTH = 1.3
 PyTree = Any
 
 
+class TrainSetup(NamedTuple):
+    """One regime of the digits config: its network (config) and its schedule."""
+
+    config: Any  # flatmin.paper.ExperimentConfig
+    schedule: Schedule
+
+
 class EpochProgram(NamedTuple):
     """What timing one regime's epoch needs: the per-seed epoch, a start-state maker, inputs."""
 
-    config: TrainConfig
+    config: TrainSetup
     epoch_fn: Callable  # one seed: (carry, inputs) -> carry
     start: Callable[[jax.Array], SeedCarry]  # (S,) keys -> stacked carries
     inputs: tuple  # (epoch, x, y, x_test, y_test), shared by all seeds
@@ -61,39 +70,39 @@ class EpochProgram(NamedTuple):
     matmul_flops: float  # per seed-epoch, see `matmul_flops_per_epoch`
 
 
-def train_config(regime: str, hidden: Sequence[int] | None = None) -> TrainConfig:
-    """The digits config's `TrainConfig` for `regime`, with no stopping rule (every seed runs
-    every epoch, as in a timing run) and optionally other hidden widths."""
+def train_config(regime: str, hidden: Sequence[int] | None = None) -> TrainSetup:
+    """The digits config's network and `regime`'s schedule, with no stopping rule (every seed
+    runs every epoch, as in a timing run) and optionally other hidden widths."""
     experiment = CONFIGS["digits"]
-    config = experiment.train_config(regime, train_size=None)
-    kwargs = dict(config.model_kwargs) | ({"hidden": tuple(hidden)} if hidden else {})
-    return TrainConfig(
-        model=config.model,
-        model_kwargs=kwargs,
-        dataset=config.dataset,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-    )
+    if hidden:
+        kwargs = dict(experiment.model_kwargs) | {"hidden": tuple(hidden)}
+        experiment = dataclasses.replace(experiment, model_kwargs=kwargs)
+    train_size = load_dataset("digits").x_train.shape[0]
+    batch = experiment.batch_sizes(train_size)[regime]
+    return TrainSetup(experiment, Schedule(batch_size=batch, epochs=experiment.epochs))
 
 
-def epoch_program(config: TrainConfig, data: Dataset) -> EpochProgram:
+def epoch_program(config: TrainSetup, data: Dataset) -> EpochProgram:
     """The pieces of `train_seeds`' epoch program for `config` on `data` (its own factory)."""
-    model = build_model(config.model, data.num_classes, **config.model_kwargs)
-    optimizer = optax.adam(config.learning_rate)
+    model, optimizer = network(config.config, data)
     input_shape = data.x_train.shape[1:]
-    start_one, epoch_fn = train_epoch_program(
-        config, model, optimizer, lambda key: init_variables(model, key, input_shape)
-    )
+    start_one, epoch_fn = train_epoch_program(config.schedule, model, optimizer)
+
+    def start(keys: jax.Array) -> SeedCarry:
+        variables = jax.vmap(
+            lambda key: init_variables(model, jax.random.split(key)[0], input_shape)
+        )(keys)
+        return jax.vmap(start_one)(keys, variables)
+
     params = init_variables(model, jax.random.key(0), input_shape)["params"]
     inputs = (jnp.asarray(0, jnp.int32), *(jnp.asarray(a) for a in data[:4]))
     return EpochProgram(
         config=config,
         epoch_fn=epoch_fn,
-        start=jax.jit(jax.vmap(start_one)),
+        start=jax.jit(start),
         inputs=inputs,
         n_params=sum(leaf.size for leaf in jax.tree.leaves(params)),
-        matmul_flops=matmul_flops_per_epoch(params, config, data),
+        matmul_flops=matmul_flops_per_epoch(params, config.schedule, data),
     )
 
 
@@ -107,7 +116,7 @@ def seed_keys(num_seeds: int) -> jax.Array:
     return jax.random.split(jax.random.key(0), num_seeds)
 
 
-def matmul_flops_per_epoch(params: PyTree, config: TrainConfig, data: Dataset) -> float:
+def matmul_flops_per_epoch(params: PyTree, config: Schedule, data: Dataset) -> float:
     """Dense-layer FLOPs of one seed-epoch: 3 x forward (forward and two backward matmuls) per
     trained example, plus 1 x forward per evaluated example (training and test sets)."""
     kernels = [k for k in jax.tree.leaves(params) if k.ndim == 2]
@@ -169,8 +178,8 @@ def bench_regime(program: EpochProgram, seeds: Sequence[int], repeats: int) -> d
         }
     first, last = per_s[str(seeds[0])], per_s[str(seeds[-1])]
     return {
-        "batch_size": program.config.batch_size,
-        "steps_per_epoch": program.inputs[1].shape[0] // program.config.batch_size,
+        "batch_size": program.config.schedule.batch_size,
+        "steps_per_epoch": program.inputs[1].shape[0] // program.config.schedule.batch_size,
         "matmul_flops_per_seed_epoch": program.matmul_flops,
         "seeds": per_s,
         "compile_growth": last["compile_s"] / first["compile_s"],
@@ -211,8 +220,8 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
     for regime in REGIMES:
         program = epoch_program(train_config(regime, hidden), data)
         regimes[regime] = bench_regime(program, seeds, repeats) | {"n_params": program.n_params}
-    width = (hidden or train_config("SB").model_kwargs["hidden"])[0]
-    batch = train_config("SB").batch_size
+    width = (hidden or train_config("SB").config.model_kwargs["hidden"])[0]
+    batch = train_config("SB").schedule.batch_size
     target_s = str(TARGET_RATIO_S if TARGET_RATIO_S in seeds else seeds[-1])
     targets = {
         regime: {
@@ -230,7 +239,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
             "quick": quick,
             "repeats": repeats,
             "seeds": list(seeds),
-            "model_kwargs": dict(train_config("SB", hidden).model_kwargs),
+            "model_kwargs": dict(train_config("SB", hidden).config.model_kwargs),
             "dataset": "digits",
             "train_size": int(data.x_train.shape[0]),
             "test_size": int(data.x_test.shape[0]),

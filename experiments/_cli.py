@@ -1,23 +1,25 @@
-"""Plumbing shared by the experiment scripts: flags, config, output folder, data, atomic writes.
+"""Plumbing shared by the experiment scripts: flags, config, output folder, data, progress.
 
-Each script is a thin `main(argv)` over the library:
+Each script is a thin `main(argv)`: flags -> one library call -> files and a figure.
 
-    parser = base_parser(__doc__)           # --config --seeds --epochs --solver --out ...
+    parser = base_parser(__doc__)           # --config --seeds --epochs --routes --out ...
     parser.add_argument(...)                # the script's own flags
     args = parse(parser, argv)              # parsed; joins a multi-process run if asked
     config = build_config(args)             # CONFIGS[--config] with the overrides, validated
     run = run_directory(args, config, "name", "x.json")  # --out, checked; resumable stages
     data = load_data(args, config)
-    ...
-    write_json(run.out / "x.json", results | {"config": run.config}); save_figure(fig, ...)
+    results = flatmin.paper.<run_*>(config, key, data, run=run, on_epoch=progress)
+    finish(run, "x.json", results)          # + save_figure(...)
 
 Rerunning a command with the same --out resumes it: training from its last orbax checkpoint,
-finished stages read back. Only process 0 of a multi-process run writes or prints results.
+finished stages read back. Only process 0 of a multi-process run writes or prints.
 """
 
 import argparse
 import dataclasses
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +30,33 @@ matplotlib.use("Agg")  # no display on the machines these run on; before pyplot 
 
 import matplotlib.pyplot as plt
 import numpy as np
+from tqdm.auto import tqdm
 
-from flatmin.checkpoint import CheckpointError, RunDirectory
-from flatmin.data import Dataset, load_dataset
-from flatmin.experiment import CONFIGS, ExperimentConfig
-from flatmin.sharding import initialize_distributed, is_writer
-from flatmin.solvers import LBFGSB, ProjectedGradient
+from flatmin.measures.solvers import ProjectedGradient
+from flatmin.paper.configs import (
+    CONFIGS,
+    MAXIMISER_ROUTE,
+    PAPER_ROUTE,
+    PROTOCOLS,
+    ExperimentConfig,
+    Route,
+)
+from flatmin.paper.protocol import load_config_data
+from flatmin.runtime.checkpoint import CheckpointError, RunDirectory, write_json
+from flatmin.runtime.sharding import initialize_distributed, is_writer
+from flatmin.training.data import Dataset
+from flatmin.training.objective import BN_MODES
+from flatmin.training.train import EpochMetrics
 
 SB_COLOR, LB_COLOR = "tab:blue", "tab:red"
+REGIME_COLORS = ("tab:blue", "tab:orange", "tab:red", "tab:purple")
 
-# --solver NAME: the solver objects a flag can name (the library takes the objects).
-SOLVERS = {
-    "lbfgsb": LBFGSB(),
-    "paper": LBFGSB.paper(),
-    "projected_gradient": ProjectedGradient(),
+# --routes NAME,...: the ways of solving Metric 2.1 a flag can name.
+ROUTES = {
+    "paper": PAPER_ROUTE,
+    "maximiser": MAXIMISER_ROUTE,
+    "projected-gradient": Route(ProjectedGradient(), init="random", restarts=4),
 }
-
-# The experiments that measure only full-space sharpness (batch_size_sweep, warm_start) solve
-# with projected gradient on digits unless --solver says otherwise: there it found the same
-# maxima as L-BFGS-B (README: Benchmarks, Warm starts) in a fraction of the time, which keeps
-# their digits defaults to minutes. `--solver lbfgsb` gives flatmin's L-BFGS-B.
-FULL_SPACE_DIGITS_SOLVER = "projected_gradient"
 
 
 def base_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -63,19 +71,36 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated hidden widths overriding the config's (mlp model only), e.g. 16,16",
     )
+    parser.add_argument(
+        "--eps",
+        type=_floats,
+        default=None,
+        help="comma-separated box sizes of Metric 2.1 overriding the config's, e.g. 1e-3,5e-4",
+    )
+    parser.add_argument("--dataset-size", type=int, default=None, help="mnist1d: training examples")
     parser.add_argument("--out", type=Path, default=None, help="default: results/<config>/<name>")
-    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    parser.add_argument(
+        "--data-dir", default=None, help="tensorflow-datasets data_dir; mnist1d's cache"
+    )
     parser.add_argument("--timit", default=None, help="TIMIT features .npz (config f2)")
     parser.add_argument("--seed", type=int, default=0, help="master PRNG seed")
     parser.add_argument(
-        "--solver",
+        "--routes",
+        type=lambda text: tuple(text.split(",")),
         default=None,
-        choices=sorted(SOLVERS),
-        help="inner-maximum solver: lbfgsb (flatmin's maximiser, the configs' default), paper "
-        "(L-BFGS-B with scipy's stopping rules, unscaled: the authors' route), projected_gradient",
+        help=f"comma-separated ways to solve Metric 2.1, of {', '.join(ROUTES)} (default: the "
+        "config's, paper and maximiser)",
     )
     parser.add_argument(
-        "--maxiter", type=int, default=None, help="solver iterations (default: the solver's, 10)"
+        "--maxiter", type=int, default=None, help="every route's solver iterations (default 10)"
+    )
+    parser.add_argument("--bn", choices=BN_MODES, default=None, help="batch norm inside f")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="paper",
+        help="training: the paper's (until the loss stops improving) or equal-loss (every "
+        "regime stops at the config's equal_loss)",
     )
     parser.add_argument(
         "--checkpoint-every", type=int, default=5, help="epochs between training checkpoints"
@@ -92,6 +117,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     args = parser.parse_args(argv)
     if args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    unknown = [name for name in args.routes or () if name not in ROUTES]
+    if unknown:
+        parser.error(f"--routes: unknown {unknown}; choose from {sorted(ROUTES)}")
     multi = (args.coordinator, args.num_processes, args.process_id)
     if any(flag is not None for flag in multi):
         if any(flag is None for flag in multi):
@@ -103,44 +131,49 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
-def solver(args: argparse.Namespace, name: str | None = None):
-    """The solver --solver (or `name`) names, with --maxiter; None when neither says one."""
-    name = args.solver or name
-    if name is None:
-        if args.maxiter is None:
-            return None
-        name = "lbfgsb"
-    chosen = SOLVERS[name]
-    if args.maxiter is not None:
-        try:
-            chosen = dataclasses.replace(chosen, maxiter=args.maxiter)
-        except ValueError as error:
-            sys.exit(f"error: --maxiter: {error}")
-    return chosen
-
-
-def full_space_solver(args: argparse.Namespace):
-    """--solver, else FULL_SPACE_DIGITS_SOLVER on digits, else None (the config's)."""
-    if args.solver is not None or args.config != "digits":
-        return solver(args)
-    return solver(args, FULL_SPACE_DIGITS_SOLVER)
-
-
 def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig:
-    """CONFIGS[args.config] with --seeds/--epochs/--solver/--hidden and `overrides` applied
-    (an override of None leaves the value as it is).
+    """CONFIGS[args.config] with the flags and `overrides` applied (an override of None leaves
+    the value as it is), under --protocol.
 
-    Building the config validates it (sizes, seeds, epochs, eps) before any data is loaded.
+    Building the config validates it (sizes, seeds, epochs, eps, routes) before any data is
+    loaded; a bad value ends the run with a message naming it.
     """
-    overrides = {name: value for name, value in overrides.items() if value is not None}
     base = CONFIGS[args.config]
-    flags = (("seeds", args.seeds), ("epochs", args.epochs), ("solver", solver(args)))
-    changes = {k: v for k, v in flags if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("seeds", args.seeds),
+            ("epochs", args.epochs),
+            ("bn", args.bn),
+            ("eps", args.eps),
+        )
+        if v is not None
+    }
+    if args.routes is not None or args.maxiter is not None:
+        names = args.routes
+        routes = {name: ROUTES[name] for name in names} if names else dict(base.routes)
+        if args.maxiter is not None:
+            try:
+                routes = {
+                    name: dataclasses.replace(
+                        route, solver=dataclasses.replace(route.solver, maxiter=args.maxiter)
+                    )
+                    for name, route in routes.items()
+                }
+            except ValueError as error:
+                sys.exit(f"error: --maxiter: {error}")
+        changes["routes"] = routes
     if args.hidden is not None:
         if base.model != "mlp":
             sys.exit(f"--hidden applies to the mlp model only; config {base.name} is {base.model}")
         changes["model_kwargs"] = {**base.model_kwargs, "hidden": args.hidden}
-    return dataclasses.replace(base, **{**changes, **overrides})
+    if args.dataset_size is not None:
+        changes["dataset_kwargs"] = {**base.dataset_kwargs, "size": args.dataset_size}
+    changes |= {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return dataclasses.replace(base, **changes).with_protocol(args.protocol)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
 
 
 def run_directory(
@@ -166,29 +199,58 @@ def run_directory(
         sys.exit(f"error: {error}")
 
 
+def load_data(args: argparse.Namespace, config: ExperimentConfig) -> Dataset:
+    """The config's data set, from --data-dir / --timit."""
+    kwargs = {"data_dir": args.data_dir}
+    if config.dataset == "timit":
+        kwargs["path"] = args.timit
+    return load_config_data(config, **kwargs)
+
+
+def master_key(args: argparse.Namespace) -> jax.Array:
+    """The experiment's master PRNG key (--seed); every random choice derives from it."""
+    return jax.random.key(args.seed)
+
+
+def progress(name: str) -> Callable[[int, EpochMetrics], None] | None:
+    """A tqdm bar over one training run's epochs (from 3 s on), with the mean training loss;
+    None on processes other than 0. Pass as `on_epoch=progress` to the paper's run_* calls."""
+    if not is_writer():
+        return None
+    bar = tqdm(desc=name, unit="epoch", delay=3.0, leave=False)
+
+    def on_epoch(epoch: int, metrics: EpochMetrics) -> None:
+        bar.n = epoch
+        bar.set_postfix(train_loss=f"{np.nanmean(metrics.train_loss):.3g}", refresh=True)
+
+    return on_epoch
+
+
+class Timer:
+    """Wall time since the start of the run, and the devices, for the results file."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def stamp(self) -> dict:
+        return {
+            "seconds": round(time.perf_counter() - self.start, 1),
+            "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        }
+
+
+def finish(run: RunDirectory, results_file: str, results: dict, timer: Timer) -> dict:
+    """results + the run's identity ("config"), wall time and devices, written to --out."""
+    results = {"config": run.config, **results, **timer.stamp()}
+    write_json(run.out / results_file, results)
+    say(f"wrote {run.out / results_file} in {results['seconds']} s")
+    return results
+
+
 def say(*values: Any) -> None:
     """print, on process 0 only."""
     if is_writer():
         print(*values, flush=True)
-
-
-def load_data(args: argparse.Namespace, config: ExperimentConfig) -> Dataset:
-    """The config's data set, from --data-dir / --timit."""
-    return load_dataset(config.dataset, data_dir=args.data_dir, path=args.timit)
-
-
-def take_seed(variables: Any, seed: int) -> Any:
-    """One seed's variables out of a pytree stacked over seeds."""
-    return jax.tree.map(lambda leaf: leaf[seed], variables)
-
-
-def mean_std(values: Any) -> dict[str, float | None]:
-    """{"mean", "std"} over seeds (population std), ignoring NaN (a diverged seed)."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return {"mean": None, "std": None}
-    return {"mean": float(finite.mean()), "std": float(finite.std())}
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -200,6 +262,13 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def band(stats: list[dict], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Means and stds of {"mean", "std"} entries (None -> NaN), times `scale`."""
+    mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in stats])
+    std = np.array([np.nan if s["std"] is None else s["std"] for s in stats])
+    return scale * mean, scale * std
+
+
 def _widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(w) for w in text.split(","))
@@ -208,3 +277,13 @@ def _widths(text: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive widths, got {text!r}")
     return widths
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(v > 0 and v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
+    return values
