@@ -52,6 +52,5 @@ def _install(log: str, watched: str) -> None:
 if __name__ == "__main__":
     log, watched, script, *flags = sys.argv[1:]
     _install(log, watched)
-    sys.path[:0] = [str(ROOT), str(Path(script).resolve().parent)]
     sys.argv = [script, *flags]
     runpy.run_path(script, run_name="__main__")

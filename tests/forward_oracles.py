@@ -13,7 +13,7 @@ import scipy.special
 
 BN_EPS = 1e-5  # flax's BatchNorm epsilon
 
-# VGG-16-style blocks of flatmin.models.DeepCNN, written out again here.
+# VGG-16-style blocks of flatmin.training.models.DeepCNN, written out again here.
 VGG_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
@@ -88,7 +88,7 @@ def max_pool_same(h: np.ndarray, window: int, stride: int) -> np.ndarray:
 def mlp_logits(
     variables: dict, x, num_hidden: int, *, batch_statistics: bool = False, eps: float = BN_EPS
 ) -> np.ndarray:
-    """flatmin.models.MLP with batch norm: flatten -> [Dense (no bias) -> BN -> ReLU] per
+    """flatmin.training.models.MLP with batch norm: flatten -> [Dense (no bias) -> BN -> ReLU] per
     hidden layer -> Dense with bias."""
     layers = _Layers(variables, batch_statistics, eps)
     h = f64(x).reshape(len(x), -1)

@@ -3,7 +3,7 @@ known point so that the parent can kill it there without timing assumptions.
 
     python tests/interrupted_run.py READY_FD [sharpness_table flags ...]
 
-`flatmin.checkpoint.Checkpoints.save` is wrapped: after the first checkpoint is completely
+`flatmin.runtime.checkpoint.Checkpoints.save` is wrapped: after the first checkpoint is completely
 written (orbax has renamed it into place), the child writes "<directory> <step>" and a newline
 to the file descriptor READY_FD (the write end of a pipe the parent holds), closes it, and
 waits for a signal for ever. The parent reads the line, sends SIGKILL or SIGTERM, and finds on
@@ -16,17 +16,11 @@ truncated file then call back into an event loop that orbax has closed; Python r
 callbacks as unraisable exceptions, here in a process of their own and not in pytest's.
 """
 
-import json
 import os
 import signal
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-
-from flatmin.checkpoint import CheckpointError, Checkpoints  # noqa: E402
+from flatmin.runtime.checkpoint import CheckpointError, Checkpoints
 
 
 def _stop_after_the_first_save(ready_fd: int) -> None:
@@ -42,16 +36,20 @@ def _stop_after_the_first_save(ready_fd: int) -> None:
     Checkpoints.save = save_then_wait
 
 
-def _resume_corrupted(directory: str, config_json: str, seed: str) -> None:
-    """train_seeds(TrainConfig(**config), split(key(seed), 2), digits) resumed from directory."""
+def _resume_corrupted(directory: str, seed: str) -> None:
+    """test_checkpoint's small run (split(key(seed), 2), digits) resumed from directory."""
     import jax
+    import optax
 
     import flatmin
 
-    config = flatmin.TrainConfig(**json.loads(config_json))
+    model = flatmin.build_model("mlp", 10, hidden=(16,))
     keys = jax.random.split(jax.random.key(int(seed)), 2)
+    data = flatmin.load_dataset("digits")
     try:
-        flatmin.train_seeds(config, keys, flatmin.load_dataset("digits"), checkpoint_dir=directory)
+        flatmin.train_seeds(
+            model, optax.adam(1e-3), data, keys, batch_size=64, epochs=4, checkpoint_dir=directory
+        )
     except CheckpointError as error:
         print(error, flush=True)
     else:
@@ -63,6 +61,6 @@ if __name__ == "__main__":
         _resume_corrupted(*sys.argv[2:])
     else:
         _stop_after_the_first_save(int(sys.argv[1]))
-        import sharpness_table
+        from experiments import sharpness_table
 
         sharpness_table.main(sys.argv[2:])

@@ -1,4 +1,4 @@
-"""Test problems with closed-form answers for flatmin.adaptive, flatmin.density, flatmin.layers.
+"""Test problems with closed-form answers for flatmin.measures (adaptive, density, layers).
 
 The losses run in float32 in JAX; every expected number is computed in float64 NumPy from the
 float32 numbers handed to flatmin, never from flatmin's output.

@@ -11,24 +11,32 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import flatmin
-from flatmin.sharding import pad_seeds, place, seed_sharding
+from flatmin.runtime.sharding import pad_seeds, place, seed_sharding
 
 data = flatmin.load_dataset("digits")
-config = flatmin.TrainConfig(model="mlp", model_kwargs={"hidden": (16,)}, batch_size=64, epochs=2)
 keys = jax.random.split(jax.random.key(0), 3)
-one, four = flatmin.seed_mesh(jax.devices()[:1]), flatmin.seed_mesh()
+one, four = flatmin.runtime.seed_mesh(jax.devices()[:1]), flatmin.runtime.seed_mesh()
 x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
 model = flatmin.build_model("mlp", 10, hidden=(16,))
-trained0 = flatmin.train_seeds(config, keys[:1], data)
+
+
+def train(keys, **kwargs):
+    return flatmin.train_seeds(
+        model, optax.adam(1e-3), data, keys, batch_size=64, epochs=2, **kwargs
+    )
+
+
+trained0 = train(keys[:1])
 params0 = jax.tree.map(lambda leaf: leaf[0], trained0.variables["params"])
 A = flatmin.random_subspace(jax.random.key(1), params0, 5)
 
 out = {"device_count": jax.device_count()}
 runs, sharp = {}, {}
 for name, mesh in (("one", one), ("four", four)):
-    runs[name] = flatmin.train_seeds(config, keys, data, mesh=mesh)
+    runs[name] = train(keys, mesh=mesh)
     sharp[name] = [
         flatmin.seed_sharpness(
             model, runs[name].variables, x, y, matrix, 1e-3, key=jax.random.key(2), mesh=mesh

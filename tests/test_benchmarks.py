@@ -15,8 +15,8 @@ from benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
 DIFFERENCES = {"overhead_vs_floor_in_y"}
 
 
-def test_timing_helpers(monkeypatch, tmp_path):
-    timing = load_benchmark(monkeypatch, "_timing")
+def test_timing_helpers(tmp_path):
+    timing = load_benchmark("_timing")
     fn, phases = timing.compiled(lambda x: x * 2, jnp.ones(3))
     assert set(phases) == {"lower_s", "compile_s"} and min(phases.values()) > 0
     result = timing.timed(fn, jnp.ones(3), repeats=3)
@@ -40,8 +40,8 @@ def test_timing_helpers(monkeypatch, tmp_path):
     assert table.splitlines()[2].split() == ["1.235", "-"]
 
 
-def test_sharpness_benchmark_quick(monkeypatch, tmp_path, capsys):
-    bench = load_benchmark(monkeypatch, "sharpness")
+def test_sharpness_benchmark_quick(tmp_path, capsys):
+    bench = load_benchmark("sharpness")
     out = tmp_path / "sharpness.json"
     bench.main(["--quick", "--repeats", "1", "--json", str(out)])
     assert "projected_gradient" in capsys.readouterr().out

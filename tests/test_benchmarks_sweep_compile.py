@@ -5,11 +5,16 @@ Timings are never asserted (shared, noisy machines); only structure, finiteness 
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
+
+from benchmarks import _timing as timing
 
 
 def _check_json(tmp_path: Path, timing: ModuleType, results: dict) -> dict:
@@ -23,9 +28,9 @@ def _check_json(tmp_path: Path, timing: ModuleType, results: dict) -> dict:
     return results
 
 
-def test_sweep_quick(monkeypatch, tmp_path, capsys):
-    sweep = load_benchmark(monkeypatch, "sweep")
-    results = _check_json(tmp_path, sys.modules["_timing"], sweep.run(quick=True, repeats=1))
+def test_sweep_quick(tmp_path, capsys):
+    sweep = load_benchmark("sweep")
+    results = _check_json(tmp_path, timing, sweep.run(quick=True, repeats=1))
     seeds = [str(s) for s in sweep.QUICK_SEEDS]
     assert results["config"]["seeds"] == list(sweep.QUICK_SEEDS)
     assert set(results["regimes"]) == set(sweep.REGIMES) == set(results["targets"])
@@ -44,9 +49,9 @@ def test_sweep_quick(monkeypatch, tmp_path, capsys):
     assert "compile_growth" in capsys.readouterr().out
 
 
-def test_compile_quick(monkeypatch, tmp_path, capsys):
-    bench = load_benchmark(monkeypatch, "compile")
-    results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
+def test_compile_quick(tmp_path, capsys):
+    bench = load_benchmark("compile")
+    results = _check_json(tmp_path, timing, bench.run(quick=True, repeats=1))
     assert set(results["sharpness"]) == {"full", f"p{bench.SUBSPACE_DIM}"}
     for by_solver in results["sharpness"].values():
         assert set(by_solver) == set(bench.QUICK_SOLVERS) == set(results["config"]["solvers"])
@@ -68,9 +73,9 @@ def test_compile_quick(monkeypatch, tmp_path, capsys):
     assert "compile_ratio" in capsys.readouterr().out
 
 
-def test_solver_cost_quick(monkeypatch, tmp_path, capsys):
-    bench = load_benchmark(monkeypatch, "solver_cost")
-    results = _check_json(tmp_path, sys.modules["_timing"], bench.run(quick=True, repeats=1))
+def test_solver_cost_quick(tmp_path, capsys):
+    bench = load_benchmark("solver_cost")
+    results = _check_json(tmp_path, timing, bench.run(quick=True, repeats=1))
     (entry,) = results["sizes"].values()
     assert entry["n"] == bench.QUICK_SIZES[0] and entry["lanes"] == bench.QUICK_LANES
     for objective in bench.CURVATURE:
@@ -85,3 +90,26 @@ def test_solver_cost_quick(monkeypatch, tmp_path, capsys):
     assert entry["with_pairs/lbfgsb"]["pairs_at_end"] > 0
     print(bench.tables(results))
     assert "s/iter" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compile_quick_sharded_over_forced_devices(tmp_path):
+    """With 4 forced CPU devices the sharded epoch is compiled and timed, on all 4."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "compile.json"
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "compile.py"), "--quick", "--repeats", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=900, check=False,
+        env=os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root),
+                          "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["environment"]["device_count"] == 4
+    bench = load_benchmark("compile")
+    for regime in bench.REGIMES:
+        entry = results["sharded"][regime]
+        assert isinstance(entry, dict), entry
+        assert entry["devices"] == 4 and entry["seeds"] % 4 == 0
+        assert entry["lower_s"] > 0 and entry["compile_s"] > 0

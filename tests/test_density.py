@@ -1,4 +1,5 @@
-"""Tests of flatmin.density: the Hessian's spectral density by stochastic Lanczos quadrature.
+"""Tests of flatmin.measures.density: the Hessian's spectral density by stochastic Lanczos
+quadrature.
 
 Oracles: for a diagonal Hessian with few distinct eigenvalues and Rademacher probes every
 probe's spectral measure is exactly the true one, (e_i . v)^2 = 1/n, and Lanczos' Gauss
@@ -20,7 +21,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from quadratics import N, h32, nested, quadratic, rotated, separable
 
-from flatmin.density import HessianDensity, hessian_density
+from flatmin.measures.density import HessianDensity, hessian_density
 
 
 def _normal(seed: int):

@@ -1,4 +1,5 @@
-"""Tests of flatmin.hessian: Lanczos eigenvalues, Hutchinson's trace and Hessian-vector products.
+"""Tests of flatmin.measures.hessian: Lanczos eigenvalues, Hutchinson's trace and Hessian-vector
+products.
 
 Every expected number is known in closed form (quadratics 1/2 x^T H x + b^T x with
 H = Q diag(lam) Q^T for a chosen spectrum lam) or comes from the dense Hessian (`jax.hessian`)
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from flatmin.hessian import TraceEstimate, hessian_eigenvalues, hessian_trace, hvp
+from flatmin.measures.hessian import TraceEstimate, hessian_eigenvalues, hessian_trace, hvp
 
 
 def _nested(n: int, rng: np.random.Generator, dtype) -> dict:

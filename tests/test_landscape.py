@@ -1,4 +1,5 @@
-"""Tests of flatmin.landscape: the loss along straight and curved paths between two solutions.
+"""Tests of flatmin.measures.landscape: the loss along straight and curved paths between two
+solutions.
 
 Expected values are closed forms computed in float64 NumPy: a quadratic restricted to a line
 is a quadratic in alpha with known coefficients, and the paths themselves are checked through
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from flatmin.landscape import interpolate, interpolate_curved
+from flatmin.measures.landscape import interpolate, interpolate_curved
 
 SHAPES = {"dense": {"kernel": (3, 4), "bias": (4,)}, "scale": (), "z": (6,)}  # n = 23
 ALPHAS = np.linspace(-0.5, 1.5, 9)  # steps of 0.25: 0 and 1 are exact

@@ -6,7 +6,6 @@ The three that measure sharpness or Hessians are marked slow (each compiles a so
 import json
 import math
 import operator
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,16 +19,13 @@ from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits
 from jax.flatten_util import ravel_pytree
 
 import flatmin
-from flatmin.data import load_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import _cli
-import batch_size_sweep
-import parametric_plot
-import spectrum
-import warm_start
+from experiments import _cli, batch_size_sweep, parametric_plot, spectrum, warm_start
+from flatmin.training.data import load_dataset
 
 TINY = ["--config", "digits", "--hidden", "16", "--seeds", "2"]
+# The scripts measure every route of the config; the first-order check below is one of the
+# maximum, so the measuring runs take flatmin's maximiser alone.
+MAXIMISER = ["--routes", "maximiser"]
 
 
 def _numbers(value) -> list:
@@ -159,13 +155,14 @@ def test_parametric_plot(tmp_path):
 
 @pytest.mark.slow  # compiles the sharpness solver: ~50 s on 2 loaded cores
 def test_batch_size_sweep(tmp_path):
-    argv = [*TINY, "--epochs", "1", "--batch-sizes", "64,1437", "--out", str(tmp_path)]
+    argv = [*TINY, *MAXIMISER, "--epochs", "1", "--batch-sizes", "64,1437", "--out", str(tmp_path)]
     batch_size_sweep.main(argv)
     results = _load(tmp_path, "batch_size_sweep", {"results", "epochs"})
     assert [row["batch_size"] for row in results["results"]] == [64, 1437]
     data = load_dataset("digits")
     for row in results["results"]:
-        assert set(row["sharpness"]) == {"0.001", "0.0005"}
+        assert set(row["sharpness"]) == {"maximiser"}
+        assert set(row["sharpness"]["maximiser"]) == {"0.001", "0.0005"}
         assert _all_finite([row["test_accuracy"], row["sharpness"]])
         # Each row against the networks trained at its own batch size, read from disk: a
         # swapped pair of runs, or eps values mixed up, would not match.
@@ -175,11 +172,12 @@ def test_batch_size_sweep(tmp_path):
             per_seed["final_train_loss"], per_seed["test_accuracy"], variables, data
         )
         _assert_mean_std(row["test_accuracy"], per_seed["test_accuracy"])
-        for eps, values in per_seed["sharpness"].items():
+        by_eps = per_seed["sharpness"]["maximiser"]
+        for eps, values in by_eps.items():
             _assert_sharpness_is_first_order(values, variables, data, float(eps))
-            _assert_mean_std(row["sharpness"][eps], values)
+            _assert_mean_std(row["sharpness"]["maximiser"][eps], values)
         # Nested boxes: the maximum over the larger one is larger, seed by seed.
-        assert all(a > b for a, b in zip(*per_seed["sharpness"].values(), strict=True))
+        assert all(a > b for a, b in zip(*by_eps.values(), strict=True))
     # 22 Adam steps (batch 64) lower the training loss more than one step (batch 1437).
     small, large = (row["per_seed"]["final_train_loss"] for row in results["results"])
     assert all(a < b for a, b in zip(small, large, strict=True))
@@ -187,11 +185,11 @@ def test_batch_size_sweep(tmp_path):
 
 @pytest.mark.slow  # compiles the sharpness solver: ~50 s on 2 loaded cores
 def test_warm_start(tmp_path):
-    argv = [*TINY, "--sb-epochs", "2", "--lb-epochs", "1", "--out", str(tmp_path)]
+    argv = [*TINY, *MAXIMISER, "--sb-epochs", "2", "--lb-epochs", "1", "--out", str(tmp_path)]
     warm_start.main(argv)
     results = _load(tmp_path, "warm_start", {"results", "lb_batch", "sb_batch"})
     assert [row["sb_epochs"] for row in results["results"]] == [0, 1, 2]
-    assert results["config"]["solver"]["type"] == "ProjectedGradient"  # the digits default
+    assert list(results["config"]["routes"]) == ["maximiser"]
     data = load_dataset("digits")
     lb = _restored(tmp_path, "warm_start", "lb")  # run k * seeds + seed: k SB epochs first
     for row in results["results"]:
@@ -203,8 +201,9 @@ def test_warm_start(tmp_path):
         _assert_seed_metrics(
             per_seed["lb_final_train_loss"], per_seed["lb_test_accuracy"], variables, data
         )
-        _assert_sharpness_is_first_order(per_seed["lb_sharpness"], variables, data, 1e-3)
-        _assert_mean_std(row["lb_sharpness"], per_seed["lb_sharpness"])
+        sharp = per_seed["lb_sharpness"]["maximiser"]
+        _assert_sharpness_is_first_order(sharp, variables, data, 1e-3)
+        _assert_mean_std(row["lb_sharpness"]["maximiser"], sharp)
         if k > 0:  # the SB iterate it started from (k = 0: the initialisation, no accuracy)
             sb = _restored(tmp_path, "warm_start", f"sb-{k}")
             sb_accuracy = [
@@ -215,14 +214,15 @@ def test_warm_start(tmp_path):
     # One sharpness solve per k, each kept on its own: an interrupted run loses no finished k.
     stages = tmp_path / "checkpoints" / "warm_start" / "stages"
     for row in results["results"]:
-        kept = json.loads((stages / f"lb-sharpness-k{row['sb_epochs']}.json").read_text())
-        assert kept["value"] == row["per_seed"]["lb_sharpness"]
+        stage = f"lb-k{row['sb_epochs']}-maximiser-full-0.001.json"
+        kept = json.loads((stages / stage).read_text())
+        assert kept["value"]["value"] == row["per_seed"]["lb_sharpness"]["maximiser"]
 
 
 @pytest.mark.slow  # compiles the sharpness solver: ~50 s on 2 loaded cores
 def test_spectrum(tmp_path):
-    argv = [*TINY, "--epochs", "1", "--top-k", "3", "--trace-samples", "4", "--out", str(tmp_path)]
-    spectrum.main(argv)
+    argv = [*TINY, *MAXIMISER, "--epochs", "1", "--top-k", "3", "--trace-samples", "4"]
+    spectrum.main([*argv, "--out", str(tmp_path)])
     results = _load(tmp_path, "spectrum", {"regimes", "top_k"})
     assert set(results["regimes"]) == {"SB", "LB"}
     data = load_dataset("digits")
@@ -243,7 +243,7 @@ def test_spectrum(tmp_path):
             # Hutchinson with 4 Rademacher probes: within 5 of its exact standard deviation
             # (measured: 0.6); by Chebyshev a correct estimator strays further in < 4% of keys.
             assert abs(regime["trace"][seed] - trace) < 5 * probe_std
-        _assert_sharpness_is_first_order(regime["sharpness"], variables, data, 1e-3)
+        _assert_sharpness_is_first_order(regime["sharpness"]["maximiser"], variables, data, 1e-3)
         top[name] = np.asarray(regime["top_eigenvalues"])
     assert np.max(np.abs(top["SB"] / top["LB"] - 1)) > 1e-2  # a swap of SB and LB would show
     assert "| SB |" in (tmp_path / "spectrum.md").read_text()
@@ -275,23 +275,25 @@ def test_hidden_flag_rejects_bad_widths():
         _cli.base_parser("x").parse_args(["--hidden", "16,0"])
 
 
-def test_solver_flag_reaches_the_config():
-    parse = _cli.base_parser("x").parse_args
-    assert _cli.build_config(parse([])).solver == flatmin.LBFGSB()  # the configs' default
-    assert _cli.build_config(parse(["--solver", "projected_gradient"])).solver == (
-        flatmin.ProjectedGradient()
+def test_route_and_protocol_flags_reach_the_config():
+    def parse(argv):
+        return _cli.parse(_cli.base_parser("x"), argv)
+
+    digits = flatmin.CONFIGS["digits"]
+    assert _cli.build_config(parse([])).routes == digits.routes  # the config's, by default
+    assert list(_cli.build_config(parse(["--routes", "paper"])).routes) == ["paper"]
+    routes = _cli.build_config(parse(["--routes", "maximiser,paper", "--maxiter", "3"])).routes
+    assert list(routes) == ["maximiser", "paper"]
+    assert routes["paper"].solver == flatmin.LBFGSB(
+        maxiter=3, pgtol=1e-5, factr=1e7, maxls=20, rescale=False
     )
-    assert _cli.build_config(parse(["--solver", "paper"])).solver == flatmin.LBFGSB.paper()
-    assert _cli.build_config(parse(["--solver", "paper", "--maxiter", "3"])).solver == (
-        flatmin.LBFGSB(maxiter=3, pgtol=1e-5, factr=1e7, maxls=20, rescale=False)
-    )
-    assert _cli.build_config(parse(["--maxiter", "4"])).solver == flatmin.LBFGSB(maxiter=4)
+    assert routes["maximiser"].solver == flatmin.LBFGSB(maxiter=3)
+    assert _cli.build_config(parse(["--bn", "batch"])).bn == "batch"
+    equal = _cli.build_config(parse(["--config", "f1-mnist5k", "--protocol", "equal-loss"]))
+    assert (equal.target_loss, equal.patience) == (1e-3, None)
+    sized = _cli.build_config(parse(["--config", "mnist1d", "--dataset-size", "2000"]))
+    assert sized.dataset_kwargs == {"size": 2000}
     with pytest.raises(SystemExit):
-        parse(["--solver", "adam"])
+        parse(["--routes", "adam"])
     with pytest.raises(SystemExit):
         _cli.build_config(parse(["--maxiter", "0"]))
-    # The full-space experiments' digits default, and the flag or another config overriding it.
-    assert _cli.full_space_solver(parse([])) == flatmin.ProjectedGradient()
-    assert _cli.full_space_solver(parse(["--solver", "lbfgsb"])) == flatmin.LBFGSB()
-    assert _cli.full_space_solver(parse(["--config", "f1"])) is None
-    assert _cli.build_config(parse(["--config", "f1"]), solver=None).solver == flatmin.LBFGSB()

@@ -1,4 +1,4 @@
-"""Tests of flatmin.layers and of every measure restricted to one layer.
+"""Tests of flatmin.measures.layers and of every measure restricted to one layer.
 
 Oracles: the measures' closed forms (tests/test_adaptive.py, tests/test_density.py) on the
 selected block alone: the dual norm of the layer's gradient, the trace and spectrum of the
@@ -17,7 +17,7 @@ from oracles import U32, flat64, halfwidths, phi, spacing32
 from quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 import flatmin
-from flatmin.layers import merge_params, path_mask, restrict, split_params
+from flatmin.measures.layers import merge_params, path_mask, restrict, split_params
 
 # jax.tree.leaves order of NESTED_SHAPES: conv, dense.bias, dense.kernel, scale, z.
 DENSE = (False, True, True, False, False)

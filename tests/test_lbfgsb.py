@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from flatmin import lbfgsb
+from flatmin.measures import lbfgsb
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # jaxopt is archived; a reference here

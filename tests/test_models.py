@@ -1,4 +1,5 @@
-"""Shapes, batch-norm and dropout behaviour, and exact parameter counts of flatmin.models."""
+"""Shapes, batch-norm and dropout behaviour, and exact parameter counts of
+flatmin.training.models."""
 
 import functools
 import math
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from forward_oracles import deep_cnn_logits, mlp_logits, shallow_cnn_logits
 
-from flatmin.models import MODELS, build_model, init_variables
+from flatmin.training.models import MODELS, build_model, init_variables
 
 NUM_CLASSES = 7  # not 10, so that a hard-coded class count would show
 

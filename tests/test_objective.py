@@ -1,4 +1,5 @@
-"""flatmin.objective: the evaluation-mode loss is a deterministic function of the parameters."""
+"""flatmin.training.objective: the evaluation-mode loss is a deterministic function of the
+parameters."""
 
 import flax.linen as nn
 import jax
@@ -8,9 +9,9 @@ import optax
 import pytest
 from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits, shallow_cnn_logits
 
-import flatmin.objective
-from flatmin.models import build_model, init_variables
-from flatmin.objective import batch_norm_statistics, evaluate, make_loss_fn
+import flatmin.training.objective
+from flatmin.training.models import build_model, init_variables
+from flatmin.training.objective import batch_norm_statistics, evaluate, make_loss_fn
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,43 @@ def test_mlp_loss_and_accuracy_equal_a_float64_numpy_forward_pass(chunk_size):
     other_eps = {"params": params, "batch_stats": stats}
     other_eps = loss_and_accuracy(mlp_logits(other_eps, x, 2, eps=1e-3), y)[0]
     assert abs(other_eps / loss_and_accuracy(logits_np, y)[0] - 1) > 1e-4
+
+
+def test_batch_mode_loss_equals_a_numpy_pass_with_the_data_sets_own_statistics():
+    """Oracle: the float64 NumPy MLP with batch norm on the mean and biased variance of its
+    input over all of x (training mode, one batch). The running statistics passed in are
+    far from those and must not matter; dropout (C1 has it) must be off."""
+    model, params, x = _mlp_with_bn((16, 8))
+    rng = np.random.default_rng(2)
+    y = jnp.asarray(rng.integers(0, 3, size=23), jnp.int32)
+    stats = {
+        f"BatchNorm_{i}": {
+            "mean": jnp.asarray(rng.normal(size=w), jnp.float32),
+            "var": jnp.asarray(rng.uniform(0.05, 3.0, size=w), jnp.float32),
+        }
+        for i, w in enumerate((16, 8))
+    }
+    variables = {"params": params, "batch_stats": stats}
+    expected = loss_and_accuracy(mlp_logits(variables, x, 2, batch_statistics=True), y)[0]
+    running = loss_and_accuracy(mlp_logits(variables, x, 2), y)[0]
+    assert abs(expected / running - 1) > 1e-2  # the two modes differ here
+    # flax's batch variance is E[h^2] - E[h]^2 in float32: a few digits fewer than rtol 1e-5.
+    np.testing.assert_allclose(make_loss_fn(model, stats, x, y, bn="batch")(params), expected,
+                               rtol=2e-4)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^bn must be one of"):
+        make_loss_fn(model, stats, x, y, bn="ghost")
+
+
+def test_batch_mode_loss_equals_evaluation_with_the_exact_statistics(c1_setup):
+    """Oracle: `batch_norm_statistics` (per-layer passes, chunked, Chan's pooled moments) then
+    evaluation mode. C1 has dropout: batch mode must turn it off, as evaluation does, and be
+    the same function of the parameters, under jit too."""
+    model, params, batch_stats, x, y = c1_setup
+    exact = batch_norm_statistics(model, params, x, chunk_size=7)
+    expected, _ = evaluate(model, params, exact, x, y)
+    loss_fn = make_loss_fn(model, batch_stats, x, y, bn="batch")
+    np.testing.assert_allclose(loss_fn(params), expected, rtol=2e-4)
+    np.testing.assert_allclose(jax.jit(loss_fn)(params), expected, rtol=2e-4)
 
 
 def test_c1_loss_and_accuracy_equal_a_float64_numpy_forward_pass(c1_setup):
@@ -277,7 +315,7 @@ def test_bad_examples_are_refused_before_any_evaluation(
     def not_reached(*args):
         raise AssertionError("evaluated bad input")
 
-    monkeypatch.setattr(flatmin.objective, "_evaluate", not_reached)
+    monkeypatch.setattr(flatmin.training.objective, "_evaluate", not_reached)
     with pytest.raises(ValueError, match=match):
         if call == "evaluate":
             evaluate(model, params, batch_stats, x, y)

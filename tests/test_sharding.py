@@ -9,10 +9,18 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import flatmin
-from flatmin.sharding import gather, pad_seeds, padded_size, place, replicated, seed_sharding
+from flatmin.runtime.sharding import (
+    gather,
+    pad_seeds,
+    padded_size,
+    place,
+    replicated,
+    seed_sharding,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +34,7 @@ def _env(devices: int) -> dict:
 
 
 def test_padding_and_placement_round_trip():
-    mesh = flatmin.seed_mesh()
+    mesh = flatmin.runtime.seed_mesh()
     size = padded_size(3, mesh)
     assert size % mesh.size == 0 and 3 <= size < 3 + mesh.size
     tree = {"a": np.arange(6.0).reshape(3, 2), "k": jax.random.split(jax.random.key(0), 3)}
@@ -44,10 +52,12 @@ def test_bad_mesh_is_rejected_by_name():
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
     with pytest.raises(ValueError, match=r"mesh must be a jax\.sharding\.Mesh with one axis"):
         flatmin.train_seeds(
-            flatmin.TrainConfig(epochs=1), jax.random.split(jax.random.key(0), 2), mesh=mesh
-        )
+            flatmin.build_model("mlp", 10, hidden=(8,)), optax.adam(1e-3),
+            flatmin.load_dataset("digits"), jax.random.split(jax.random.key(0), 2),
+            batch_size=64, epochs=1, mesh=mesh,
+        )  # fmt: skip
     with pytest.raises(ValueError, match="devices must list at least one device"):
-        flatmin.seed_mesh([])
+        flatmin.runtime.seed_mesh([])
 
 
 @pytest.mark.parametrize(
@@ -65,7 +75,7 @@ def test_bad_mesh_is_rejected_by_name():
 def test_bad_distributed_arguments(coordinator, num_processes, process_id, match):
     # Refused before jax.distributed is touched (it may be initialised once per process).
     with pytest.raises(ValueError, match=match):
-        flatmin.initialize_distributed(coordinator, num_processes, process_id)
+        flatmin.runtime.initialize_distributed(coordinator, num_processes, process_id)
 
 
 def test_sharded_sweep_equals_single_device():
@@ -166,6 +176,8 @@ def test_two_processes_run_one_sweep_and_agree_with_one_process(tmp_path):
     for a, b in zip(ours["results"], theirs["results"], strict=True):
         assert (a["regime"], a["seed"], a["epochs"]) == (b["regime"], b["seed"], b["epochs"])
         np.testing.assert_allclose(a["final_train_loss"], b["final_train_loss"], rtol=1e-4)
-        for space in ("full", "subspace"):
-            for eps, value in a["sharpness"][space].items():
-                np.testing.assert_allclose(value, b["sharpness"][space][eps], rtol=1e-3)
+        for route, by_space in a["sharpness"].items():
+            for space, by_eps in by_space.items():
+                for eps, value in by_eps.items():
+                    other = b["sharpness"][route][space][eps]
+                    np.testing.assert_allclose(value, other, rtol=1e-3)

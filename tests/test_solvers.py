@@ -16,8 +16,8 @@ from oracles import halfwidths, phi, scipy_lbfgsb_route
 from trained import digits_arrays, train
 
 import flatmin
-from flatmin import lbfgsb
-from flatmin.solvers import solver_to_json
+from flatmin.measures import lbfgsb
+from flatmin.measures.solvers import solver_to_json
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,36 @@ def test_bad_solver_configuration_raises(cls, fields, name):
         cls(**fields)
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         dataclasses.replace(cls(), **fields)
+
+
+def _equations(jaxpr) -> int:
+    """Equations of a jaxpr and of every jaxpr nested in its equations' parameters."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _equations(inner)
+    return total
+
+
+@pytest.mark.parametrize(
+    "make", [lambda m: flatmin.LBFGSB(maxiter=m), lambda m: flatmin.ProjectedGradient(maxiter=m)],
+    ids=["lbfgsb", "projected_gradient"],
+)  # fmt: skip
+@pytest.mark.parametrize("space", ["full", "subspace"])
+def test_program_size_does_not_grow_with_maxiter(make, space):
+    """The solver's loops are loops, not unrolled: the traced program for maxiter 100 has as
+    many equations as for maxiter 3 (so compile time is flat in maxiter; benchmarks/compile.py
+    times it)."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    loss = lambda p: jnp.sum(jnp.tanh(p["w"]) ** 2) + jnp.sum(p["b"] ** 2)
+    A = None if space == "full" else jax.random.normal(jax.random.key(0), (15, 5))
+
+    def size(maxiter: int) -> int:
+        solve = lambda p: flatmin.sharpness(loss, p, A, 1e-3, solver=make(maxiter))
+        return _equations(jax.make_jaxpr(solve)(params).jaxpr)
+
+    assert size(3) == size(100) > 50

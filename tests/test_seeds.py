@@ -1,0 +1,101 @@
+"""flatmin.training.seeds: measures of stacked seeds equal each seed measured alone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flatmin
+from flatmin.training.data import load_dataset
+from flatmin.training.objective import make_loss_fn
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def three_seeds(digits):
+    """Three seeds of a small MLP trained one epoch (stacked variables), and the model."""
+    model = flatmin.build_model("mlp", digits.num_classes, hidden=(16,))
+    keys = jax.random.split(jax.random.key(0), 3)
+    trained = flatmin.train_seeds(model, optax.adam(1e-3), digits, keys, batch_size=64, epochs=1)
+    return model, trained.variables
+
+
+def _seed(variables, seed):
+    return jax.tree.map(lambda v: v[seed], variables)
+
+
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_seed_sharpness_equals_each_seed_alone(digits, three_seeds, bn):
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    key = jax.random.key(3)
+    vmapped = flatmin.seed_sharpness(model, variables, x, y, None, 1e-3, key=key, bn=bn).value
+
+    def alone(seed: int) -> float:
+        v = _seed(variables, seed)
+        loss_fn = make_loss_fn(model, v["batch_stats"], x, y, bn=bn)
+        return float(flatmin.sharpness(loss_fn, v["params"], None, 1e-3, key=key))
+
+    assert vmapped.shape == (3,) and np.all(vmapped > 0)
+    # Distinct seeds, values apart by several times the tolerance below: a grouping that lost
+    # or reordered seeds would show.
+    assert np.min(np.diff(np.sort(vmapped))) > 3e-3 * np.max(vmapped)
+    # One seed alone and three vmapped compile to different float32 reductions.
+    np.testing.assert_allclose(vmapped, [alone(seed) for seed in range(3)], rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [flatmin.LBFGSB(), flatmin.LBFGSB.paper(), flatmin.ProjectedGradient()],
+    ids=["lbfgsb", "paper", "projected_gradient"],
+)
+@pytest.mark.parametrize("seeds_per_solve", [1, 2, None])
+def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, solver, seeds_per_solve):
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    key = jax.random.key(3)
+    stops = getattr(solver, "pgtol", 0) > 0  # the paper's route: scipy's stopping rules
+    kwargs = dict(key=key, solver=solver, init="zero" if stops else "random")
+    together = flatmin.seed_sharpness(
+        model, variables, x, y, None, 1e-3, seeds_per_solve=8, **kwargs
+    )
+    grouped = flatmin.seed_sharpness(
+        model, variables, x, y, None, 1e-3, seeds_per_solve=seeds_per_solve, **kwargs
+    )
+    # A batch of 1 and a batch of 3 compile to different float32 reductions: 2e-5 seen.
+    np.testing.assert_allclose(grouped.value, together.value, rtol=1e-4)
+    if not stops:
+        # Without stopping rules every solve runs maxiter iterations. With them, factr's test of
+        # a relative decrease near 2e-9 reads rounding, which the batch size changes.
+        np.testing.assert_array_equal(grouped.num_steps, together.num_steps)
+
+
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_seed_gradients_are_each_seeds_gradient(digits, three_seeds, bn):
+    """Oracle: jax.grad of each seed's own f, and NumPy norms of it."""
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    got = flatmin.seed_gradients(model, variables, x, y, bn=bn)
+    for seed in range(3):
+        v = _seed(variables, seed)
+        loss_fn = make_loss_fn(model, v["batch_stats"], x, y, bn=bn)
+        loss, grad = jax.value_and_grad(loss_fn)(v["params"])
+        flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grad)]).astype(np.float64)
+        np.testing.assert_allclose(got["loss"][seed], float(loss), rtol=1e-5)
+        np.testing.assert_allclose(got["grad_inf_norm"][seed], np.max(np.abs(flat)), rtol=1e-4)
+        np.testing.assert_allclose(got["grad_2_norm"][seed], np.linalg.norm(flat), rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [0, True, 1.5])
+def test_seed_sharpness_rejects_bad_group_size(digits, three_seeds, size):
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    with pytest.raises(ValueError, match="seeds_per_solve"):
+        flatmin.seed_sharpness(
+            model, variables, x, y, None, 1e-3, key=jax.random.key(0), seeds_per_solve=size
+        )
