@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python experiments/sharpness_table.py --config digits --out results/digits
+	$(BIN)/python experiments/sharpness_table.py --config demo --out results/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
