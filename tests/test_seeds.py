@@ -99,3 +99,43 @@ def test_seed_sharpness_rejects_bad_group_size(digits, three_seeds, size):
         flatmin.seed_sharpness(
             model, variables, x, y, None, 1e-3, key=jax.random.key(0), seeds_per_solve=size
         )
+
+
+_BAD_INPUTS = {
+    "eps 0": (lambda v, x, y: (v, x, y), {"eps": 0.0}, r"^eps must"),
+    "eps < 0": (lambda v, x, y: (v, x, y), {"eps": -1e-3}, r"^eps must"),
+    "one seed's variables, unstacked": (
+        lambda v, x, y: (_seed(v, 0), x, y),
+        {},
+        r"^variables must be stacked over seeds",
+    ),
+    "no params": (lambda v, x, y: (v["params"], x, y), {}, r"^variables must be a dict"),
+    "x and y of different lengths": (lambda v, x, y: (v, x, y[:-1]), {}, "same number"),
+    "float labels": (lambda v, x, y: (v, x, y.astype(jnp.float32)), {}, r"^y must"),
+    "labels out of range": (lambda v, x, y: (v, x, y.at[0].set(10)), {}, r"^y must hold class"),
+    "NaN input": (lambda v, x, y: (v, x.at[0, 0, 0, 0].set(jnp.nan), y), {}, r"^x must"),
+}
+
+
+@pytest.mark.parametrize(
+    ("measure", "case"),
+    [(m, c) for m in ("sharpness", "gradients", "measure") for c in _BAD_INPUTS
+     if m == "sharpness" or not c.startswith("eps")],
+)  # fmt: skip
+def test_stacked_seed_measures_refuse_bad_input_before_compiling(digits, three_seeds, case,
+                                                                 measure, monkeypatch):  # fmt: skip
+    """A ValueError naming the argument, and nothing compiled (jax.jit is never entered)."""
+    model, variables = three_seeds
+    make, kwargs, match = _BAD_INPUTS[case]
+    v, x, y = make(variables, jnp.asarray(digits.x_train), jnp.asarray(digits.y_train))
+    compiled = []
+    monkeypatch.setattr(flatmin.training.seeds, "_in_groups", lambda *a: compiled.append(a))
+    with pytest.raises(ValueError, match=match):
+        if measure == "sharpness":
+            flatmin.seed_sharpness(model, v, x, y, None, kwargs.get("eps", 1e-3),
+                                   key=jax.random.key(0))  # fmt: skip
+        elif measure == "gradients":
+            flatmin.seed_gradients(model, v, x, y)
+        else:
+            flatmin.training.seeds.seed_measure(lambda f, p: f(p), model, v, x, y)
+    assert not compiled

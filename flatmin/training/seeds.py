@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatmin._checks import check_optional_int
+from flatmin._checks import check_floating_pytree, check_optional_int, check_scalar
 from flatmin.measures.sharpness import SharpnessResult, solve_sharpness
 from flatmin.measures.solvers import LBFGSB, Solver
 from flatmin.runtime.sharding import (
@@ -24,7 +24,7 @@ from flatmin.runtime.sharding import (
     replicated,
     seed_sharding,
 )
-from flatmin.training.objective import make_loss_fn
+from flatmin.training.objective import check_examples, make_loss_fn
 
 
 def seed_sharpness(
@@ -55,8 +55,14 @@ def seed_sharpness(
     Returns:
       A `SharpnessResult` of (S,) NumPy arrays, y left out (None): it is as large as the
       variables.
+
+    Raises:
+      ValueError: before anything is compiled: eps not > 0; variables, x or y that
+        `check_seeds` refuses; the arguments `solve_sharpness` checks.
     """
     seeds_per_solve = check_optional_int("seeds_per_solve", seeds_per_solve, minimum=1)
+    check_scalar("eps", eps, above=0)
+    check_seeds(model, variables, x, y, chunk_size)
     solve = partial(_seed_sharpness, model, solver=solver, restarts=restarts, init=init, bn=bn,
                     chunk=chunk_size)  # fmt: skip
     return _in_groups(solve, variables, (x, y, A, np.float32(eps), key), seeds_per_solve, mesh)
@@ -74,6 +80,7 @@ def seed_gradients(
 ) -> dict[str, np.ndarray]:
     """Every seed's f and the infinity- and 2-norm of its gradient at the trained parameters,
     (S,) each: how stationary each solution is (scipy's pgtol tests a projected gradient)."""
+    check_seeds(model, variables, x, y, chunk_size)
     solve = partial(_seed_gradients, model, bn=bn, chunk=chunk_size)
     return _in_groups(solve, variables, (x, y), None, mesh)
 
@@ -94,8 +101,44 @@ def seed_measure(
     flatmin.measures, its f each seed's own training loss. `measure` is static under jit:
     pass the same function object to reuse the compiled program. Leaves gain a seed axis."""
     seeds_per_solve = check_optional_int("seeds_per_solve", seeds_per_solve, minimum=1)
+    check_seeds(model, variables, x, y, chunk_size)
     solve = partial(_seed_measure, model, measure=measure, bn=bn, chunk=chunk_size)
     return _in_groups(solve, variables, (x, y), seeds_per_solve, mesh)
+
+
+def check_seeds(model, variables: dict, x: jax.Array, y: jax.Array, chunk_size: int) -> int:
+    """Checks stacked variables against the model and the data before anything is compiled;
+    returns S, the number of seeds.
+
+    Raises:
+      ValueError: naming the argument: variables that are not {"params", ...} stacked over a
+        leading seed axis (every leaf the same S >= 1 first; one seed's slice must be what
+        `model` takes); x and y as `check_examples` requires them.
+    """
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError(
+            'variables must be a dict with "params" (and "batch_stats"), stacked over seeds, '
+            f"e.g. train_seeds(...).variables; got {type(variables).__name__}"
+        )
+    check_floating_pytree("variables", variables["params"])
+    leading = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(variables)}
+    if len(leading) != 1 or None in leading or 0 in leading:
+        raise ValueError(
+            "variables must be stacked over seeds: every leaf's first axis is the seed axis, of "
+            f"one size S >= 1; got first-axis sizes {sorted(map(str, leading))} (unstacked "
+            "variables of one model? add an axis: jax.tree.map(lambda a: a[None], variables))"
+        )
+    one = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf)[1:], leaf.dtype), variables)
+    try:
+        check_examples(model, x, y, chunk_size, variables=one)
+    except ValueError:
+        raise
+    except Exception as error:  # the model could not apply one seed's variables
+        raise ValueError(
+            "variables must be stacked over seeds: one seed's slice (the first axis dropped) "
+            f"does not fit the model: {type(error).__name__}: {error}"
+        ) from error
+    return leading.pop()
 
 
 def _in_groups(solve, variables, shared, group_size, mesh) -> dict | SharpnessResult:
