@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         parser.error(str(error))
     results = cli.finish(run, "measures.json", results, timer)
-    table = format_table(results, config)
+    table = format_table(results)
     write_text(run.out / "measures.md", table)
     cli.save_figure(plot(results, config.name), run.out / "measures.png")
     cli.say(table)
@@ -55,13 +55,14 @@ def _stats(values: list) -> tuple[float, float] | None:
     return (float(finite.mean()), float(finite.std())) if finite.size else None
 
 
-def format_table(results: dict, config) -> str:
-    regimes = [r.name for r in config.regimes]
+def format_table(results: dict) -> str:
+    """Markdown from a measures.json dict alone (its "config" records the regimes)."""
+    config = results["config"]
+    regimes = list(config["regimes"])
     reference = regimes[0]
     rows = results["rows"]
     lines = [
-        f"# Sharpness measures: {results['config']['name']}, {config.seeds} seeds per run, "
-        "mean ± std",
+        f"# Sharpness measures: {config['name']}, {config['seeds']} seeds per run, mean ± std",
         "",
         "tau: Kendall's rank correlation of the measure with the generalization gap (train "
         "minus test accuracy) over every network trained (the regimes and the batch-size "

@@ -95,7 +95,7 @@ def _experiment_tables() -> dict[Path, str]:
                 results["summary"], results["config"], results["batch_sizes"]
             )
         elif path.name == "measures.json":
-            tables[path] = measures_table(results, results["config"])
+            tables[path] = measures_table(results)
     return tables
 
 
