@@ -300,3 +300,30 @@ def test_program_size_does_not_grow_with_maxiter(make, space):
         return _equations(jax.make_jaxpr(solve)(params).jaxpr)
 
     assert size(3) == size(100) > 50
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [flatmin.LBFGSB(), flatmin.LBFGSB.paper(), flatmin.ProjectedGradient()],
+    ids=["lbfgsb", "lbfgsb_paper", "projected_gradient"],
+)
+@pytest.mark.parametrize("init", ["zero", "random"])
+def test_a_step_into_non_finite_loss_is_discarded(solver, init):
+    """f is NaN where y_0 > r / 2 and rises towards +y_0 (every ascent heads there): the figure
+    is that of a point the solver kept, inside the box and in the finite region, and equals f
+    recomputed there (the NaN half never leaks into the value)."""
+    params = {"w": jnp.zeros(5)}
+    c = jnp.array([1.0, -0.5, 0.25, 0.5, -1.0])
+
+    def loss(p):
+        d = p["w"]
+        value = jnp.sum(c * d) + jnp.sum(d**2)
+        return jnp.where(d[0] > 0.25, jnp.nan, value)
+
+    result = flatmin.solve_sharpness(loss, params, eps=0.5, solver=solver, init=init,
+                                     key=jax.random.key(3), restarts=4)  # fmt: skip
+    y = result.y["w"]
+    assert bool(jnp.all(jnp.abs(y) <= 0.5 + 1e-6)) and float(y[0]) <= 0.25
+    assert math.isfinite(float(result.value)) and float(result.value) > 0
+    np.testing.assert_allclose(float(result.max_loss), float(loss({"w": y})), rtol=1e-6)
+    np.testing.assert_allclose(float(result.value), 100 * float(result.max_loss), rtol=1e-6)
