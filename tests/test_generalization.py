@@ -56,7 +56,10 @@ def test_rows_hold_each_networks_own_measures(digits):
             loss_fn = make_loss_fn(model, v["batch_stats"], x, y)
             for measure in FAST:
                 expected = float(table[measure][1](loss_fn, v["params"]))
-                np.testing.assert_allclose(row[measure], expected, rtol=1e-3)
+                # Differences of losses (average-case sharpness) can be ~1e-4 while f is ~1e-1:
+                # vmapped and alone, float32 sums in another order differ by ~1e-7 of f.
+                f = float(loss_fn(v["params"]))
+                np.testing.assert_allclose(row[measure], expected, rtol=1e-3, atol=2e-6 * (1 + f))
             _, test = evaluate(model, v["params"], v["batch_stats"], *map(jnp.asarray, digits[2:4]))
             assert round(row["test_accuracy"] * 360) == round(float(test) * 360)
             assert row["gap"] == pytest.approx(row["train_accuracy"] - row["test_accuracy"])
