@@ -588,3 +588,6 @@ def test_non_finite_loss_at_x_gives_nan_everywhere(loss, params, other_lane_fini
     batched = jax.vmap(lambda p: flatmin.sharpness(loss, p))(stacked)
     assert math.isnan(float(batched[0]))
     assert math.isfinite(float(batched[1])) == other_lane_finite
+    if other_lane_finite:  # and it is the value that lane has alone
+        alone = float(flatmin.sharpness(loss, good))
+        np.testing.assert_allclose(float(batched[1]), alone, rtol=1e-4)
