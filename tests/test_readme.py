@@ -155,3 +155,17 @@ def test_every_table_row_of_the_docs_is_in_a_committed_table(page):
             marked = inside = False
     missing = [row for row in _rows(page.read_text()) if row not in known and row not in exempt]
     assert not missing, f"{page.name}: rows in no committed table:\n" + "\n".join(missing)
+
+
+def test_benchmark_output_shown_in_the_docs_is_regenerated_from_committed_json():
+    """Every ```text block of docs/benchmarks.md is a run of lines of a table that a benchmark's
+    own `tables()` makes of a committed benchmarks/results JSON (trailing spaces aside)."""
+    page = ROOT / "docs" / "benchmarks.md"
+    blocks = re.findall(r"```text\n(.*?)```", page.read_text(), re.S)
+    assert blocks, "docs/benchmarks.md shows no benchmark output"
+    tables = [
+        "\n".join(line.rstrip() for line in t.splitlines()) for t in _benchmark_tables().values()
+    ]
+    for block in blocks:
+        lines = "\n".join(line.rstrip() for line in block.strip("\n").splitlines())
+        assert any(lines in table for table in tables), f"not from a committed JSON:\n{lines}"
