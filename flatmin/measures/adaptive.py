@@ -240,8 +240,7 @@ def average_case_sharpness(
       An `AverageCaseSharpness`.
 
     Raises:
-      ValueError: for bad arguments, before any work. A non-finite f(w) (a diverged seed)
-        gives a NaN value eagerly, under `jax.jit` and under `jax.vmap` alike.
+      ValueError: as `worst_case_sharpness`.
     """
     check_one_of("distribution", distribution, DISTRIBUTIONS)
     mask = check_measure_inputs(loss_fn, params, only)
@@ -326,8 +325,7 @@ def pac_bayes_sigma(
       A `PacBayesSigma`.
 
     Raises:
-      ValueError: for bad arguments, before any work. A non-finite f(w) (a diverged seed)
-        gives a NaN value eagerly, under `jax.jit` and under `jax.vmap` alike.
+      ValueError: as `worst_case_sharpness`.
     """
     mask = check_measure_inputs(loss_fn, params, only)
     check_scalar("target", target, above=0)
