@@ -87,6 +87,41 @@ def test_cauchy_point_equals_jaxopt(dtype, n, pairs, seed):
         np.testing.assert_allclose(np.asarray(c_chrono), np.asarray(c_ref), atol=tol * scale)
 
 
+@pytest.mark.parametrize(("n", "pairs", "seed"), [(1000, 2, 3), (1000, 5, 4), (20_000, 3, 8)])
+def test_cauchy_point_chunk_holding_the_gcp_or_not(n, pairs, seed, monkeypatch):
+    """The walk over the `chunk` smallest breakpoints decides alone when it holds the GCP and
+    otherwise falls back to sorting them all; either way the answer is jaxopt's."""
+    (x, g, lower, upper), memory = _instance(seed, n, pairs, np.float32)
+    M = lbfgsb.middle_matrix(memory)
+    W, M_ref, _ = _jaxopt_form(memory)
+    xcp_ref, _, free_ref = _find_cauchy_point(x, g, lower, upper, memory.theta, W, M_ref)
+    fixed = lbfgsb._path(x, g, lower, upper)[0]
+    passed = int(jnp.sum(~np.asarray(free_ref) & ~np.asarray(fixed)))
+    assert passed >= 4
+    found = []
+    walk = lbfgsb._walk
+
+    def spy(*args):
+        stop = walk(*args)
+        if not isinstance(stop.found, jax.core.Tracer):  # eager: the chunk's own walk
+            found.append(bool(stop.found))
+        return stop
+
+    monkeypatch.setattr(lbfgsb, "_walk", spy)
+    for chunk, holds in [(passed + 1, True), (passed // 2, False)]:
+        found.clear()
+        xcp, free, _ = lbfgsb.cauchy_point(x, g, lower, upper, memory, M, chunk=chunk)
+        assert found == [holds]
+        np.testing.assert_array_equal(np.asarray(free), np.asarray(free_ref))
+        np.testing.assert_allclose(np.asarray(xcp), np.asarray(xcp_ref), rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_size():
+    assert lbfgsb.chunk_size(10) == 10
+    assert lbfgsb.chunk_size(5000) == lbfgsb.CHUNK_MIN
+    assert lbfgsb.chunk_size(1_460_234) == 1_460_234 // 16
+
+
 def test_cauchy_point_without_pairs_is_the_projected_gradient_step():
     """Oracle: with B = theta I the model is separable, its first minimiser along the path is
     at t = 1/theta, so the GCP is clip(x - g/theta); the general routine agrees."""
