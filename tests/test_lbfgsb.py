@@ -116,6 +116,35 @@ def test_cauchy_point_chunk_holding_the_gcp_or_not(n, pairs, seed, monkeypatch):
         np.testing.assert_allclose(np.asarray(xcp), np.asarray(xcp_ref), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("capacity", ["gathered", "masked"])
+def test_subspace_step_equals_the_dense_newton_step(capacity, monkeypatch):
+    """Oracle: the dense model B = theta I - W M W^T (n = 300) and its reduced Newton step
+    -(Z^T B Z)^{-1} Z^T (g + B (xcp - x)) over the free variables, solved by numpy; projected
+    onto the box. The step on gathered free rows and on all rows masked both give it."""
+    n = 300
+    (x, g, lower, upper), memory = _instance(11, n, 4, np.float32)
+    M = lbfgsb.middle_matrix(memory)
+    xcp, free, c = lbfgsb.cauchy_point(x, g, lower, upper, memory, M)
+    monkeypatch.setattr(lbfgsb, "free_capacity", lambda n: n - 1 if capacity == "gathered" else 1)
+    point = np.asarray(lbfgsb.subspace_point(x, g, lower, upper, memory, M, xcp, free, c))
+
+    W, M_ref, _ = (np.asarray(a, np.float64) for a in _jaxopt_form(memory))
+    theta = float(memory.theta)
+    B = theta * np.eye(n) - W @ M_ref @ W.T
+    x, g, xcp, lower, upper = (np.asarray(a, np.float64) for a in (x, g, xcp, lower, upper))
+    Z = np.asarray(free)
+    assert 0 < Z.sum() < n
+    reduced = (g + B @ (xcp - x))[Z]
+    du = -np.linalg.solve(B[np.ix_(Z, Z)], reduced)
+    expected = xcp.copy()
+    expected[Z] = np.clip(xcp[Z] + du, lower[Z], upper[Z])
+    # This instance takes the projected Newton point (not the cut-back branch).
+    assert np.sum((expected - x) * g) <= 0 or not np.any(
+        (expected[Z] == lower[Z]) | (expected[Z] == upper[Z])
+    )
+    np.testing.assert_allclose(point, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_chunk_size():
     assert lbfgsb.chunk_size(10) == 10
     assert lbfgsb.chunk_size(5000) == lbfgsb.CHUNK_MIN
