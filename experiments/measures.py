@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import _cli as cli
-from flatmin.paper.generalization import run_measures
+from flatmin.paper.generalization import rank_correlations, run_measures
 from flatmin.runtime.checkpoint import write_text
 
 
@@ -66,15 +66,17 @@ def format_table(results: dict) -> str:
         "",
         "tau: Kendall's rank correlation of the measure with the generalization gap (train "
         "minus test accuracy) over every network trained (the regimes and the batch-size "
-        "sweep); p: its two-sided p-value; n: networks.",
+        "sweep); p: its two-sided p-value; n: networks. tau (loss): the same against the "
+        "training loss each network reached.",
         "",
         "| measure | "
         + " | ".join(regimes)
         + " | "
         + " | ".join(f"{r} / {reference}" for r in regimes[1:])
-        + " | tau | p | n |",
-        "|---|" + "---|" * (2 * len(regimes) - 1 + 3),
+        + " | tau | p | n | tau (loss) |",
+        "|---|" + "---|" * (2 * len(regimes) - 1 + 4),
     ]
+    by_loss = rank_correlations(rows, tuple(results["measures"]), against="train_loss")
     for name in results["measures"]:
         cells, means = [], {}
         for regime in regimes:
@@ -90,21 +92,25 @@ def format_table(results: dict) -> str:
         corr = results["rank_correlations"][name]
         tau = "—" if corr["tau"] is None else f"{corr['tau']:+.2f}"
         p = "—" if corr["p_value"] is None else f"{corr['p_value']:.2g}"
+        loss_tau = by_loss[name]["tau"]
+        loss_tau = "—" if loss_tau is None else f"{loss_tau:+.2f}"
         lines.append(
             f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios)
-            + f" | {tau} | {p} | {corr['networks']} |"
+            + f" | {tau} | {p} | {corr['networks']} | {loss_tau} |"
         )  # fmt: skip
     lines += [
         "",
-        "| run | batch | test accuracy (%) | gap (%) |",
-        "|---|---|---|---|",
+        "| run | batch | training loss | test accuracy (%) | gap (%) |",
+        "|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(row["run"] for row in rows):
         group = [row for row in rows if row["run"] == name]
         test = _stats([row["test_accuracy"] for row in group])
         gap = _stats([row["gap"] for row in group])
+        loss = _stats([row["train_loss"] for row in group])
         lines.append(
-            f"| {name} | {group[0]['batch_size']} | {100 * test[0]:.2f} ± {100 * test[1]:.2f} "
+            f"| {name} | {group[0]['batch_size']} | {loss[0]:.2g} ± {loss[1]:.2g} "
+            f"| {100 * test[0]:.2f} ± {100 * test[1]:.2f} "
             f"| {100 * gap[0]:.2f} ± {100 * gap[1]:.2f} |"
         )
     lines += ["", "Measures:", ""]
@@ -114,7 +120,7 @@ def format_table(results: dict) -> str:
 
 def plot(results: dict, name: str) -> plt.Figure:
     """One panel per measure: its value (log) against the generalization gap, every network a
-    point coloured by its run, Kendall's tau in the title."""
+    point coloured by its run, Kendall's tau in the title; values <= 0 are not drawn."""
     measures = list(results["measures"])
     columns = 4
     grid = (math.ceil(len(measures) / columns), columns)
@@ -140,7 +146,12 @@ def plot(results: dict, name: str) -> plt.Figure:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(measures) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
+    # One legend for the figure: a run can be missing from a panel (a measure of 0 on a log axis).
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", color=color, label=run)
+        for run, color in zip(runs, colors, strict=True)
+    ]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     fig.suptitle(f"{name}: sharpness measures against the generalization gap")
     return fig
 

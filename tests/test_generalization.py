@@ -80,6 +80,11 @@ def test_rank_correlation_is_kendalls_tau():
     assert got["tau"] == pytest.approx(expected)
     assert 0 < got["p_value"] < 1
     assert rank_correlations(rows[:2], ("m",))["m"]["tau"] is None  # too few networks
+    # Against another column (the training loss): the same count with that column.
+    rows = [{"gap": 0.0, "train_loss": g, "m": v} for g, v in zip(gaps, values, strict=True)]
+    assert rank_correlations(rows, ("m",), against="train_loss")["m"]["tau"] == pytest.approx(
+        expected
+    )
 
 
 def test_unknown_measure_is_named(digits):

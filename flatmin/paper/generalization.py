@@ -167,15 +167,19 @@ def run_measures(
     )
 
 
-def rank_correlations(rows: list[dict], names: tuple[str, ...]) -> dict:
-    """Kendall's tau (tau-b) between each measure and the generalization gap over every row
-    with both finite, with its two-sided p-value and the number of networks."""
+def rank_correlations(rows: list[dict], names: tuple[str, ...], against: str = "gap") -> dict:
+    """Kendall's tau (tau-b) between each measure and `against` (the generalization gap, or
+    another column such as "train_loss") over every row with both finite, with its two-sided
+    p-value and the number of networks."""
     out = {}
     for name in names:
         pairs = [
-            (row[name], row["gap"])
+            (row[name], row[against])
             for row in rows
-            if row[name] is not None and row["gap"] is not None and np.isfinite(row[name])
+            if row[name] is not None
+            and row[against] is not None
+            and np.isfinite(row[name])
+            and np.isfinite(row[against])
         ]
         if len(pairs) < 3:
             out[name] = {"tau": None, "p_value": None, "networks": len(pairs)}
