@@ -8,7 +8,8 @@ free objectives over [-1, 1]^n:
 * "concave_start": f(z) = c.z + |z|^2 / 2, convex, so -f is concave as near a minimiser:
   L-BFGS-B rejects every curvature pair and its Cauchy point is a closed form;
 * "with_pairs": f(z) = c.z - |z|^2 / 2, concave, so L-BFGS-B stores pairs and runs its exact
-  Cauchy point (one sort and prefix sums over the n breakpoints) and subspace step.
+  Cauchy point and subspace step; every coordinate moves and the Cauchy point lies beyond the
+  n/16 smallest breakpoints, so all n are sorted (the Cauchy point's worst case).
 
 And the same for LANES such objectives (different c) vmapped, as seeds are: "vmapped /
 sequential" is that time over LANES times one lane's. Seconds per iteration = solve / maxiter.
