@@ -25,6 +25,7 @@ from flatmin._checks import (
     check_one_of,
     is_concrete,
 )
+from flatmin._vmap import vmap_leading
 from flatmin.measures.solvers import LBFGSB, Solver
 
 INITS = ("random", "zero")
@@ -177,13 +178,7 @@ def _solve(loss_fn, params, A, eps, key, solver, restarts, init, p) -> Sharpness
     starts = radius[None, :] * jax.random.uniform(key, (restarts, p), x.dtype, -1.0, 1.0)
     if init == "zero":
         starts = starts.at[0].set(0.0)
-    solve = lambda y0: solver.maximize(f_of_y, y0, -radius, radius)
-    if restarts == 1:
-        # Not vmap over one start: f's products batched over an axis of size 1 took 2.5x as
-        # long on XLA's CPU backend (F1, 11 value-and-gradient calls in a loop, 1.57 -> 3.96 s).
-        found = jax.tree.map(lambda leaf: leaf[None], solve(starts[0]))
-    else:
-        found = jax.vmap(solve)(starts)
+    found = vmap_leading(lambda y0: solver.maximize(f_of_y, y0, -radius, radius), starts)
 
     values = jnp.where(jnp.isfinite(found.value), found.value, -jnp.inf)
     best = jnp.argmax(values)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flatmin._checks import check_floating_pytree, check_optional_int, check_scalar
+from flatmin._vmap import vmap_leading
 from flatmin.measures.sharpness import SharpnessResult, solve_sharpness
 from flatmin.measures.solvers import LBFGSB, Solver
 from flatmin.runtime.sharding import (
@@ -156,14 +157,6 @@ def _in_groups(solve, variables, shared, group_size, mesh) -> dict | SharpnessRe
     return jax.tree.map(lambda *columns: np.concatenate(columns), *parts)
 
 
-def _over_seeds(one, *stacked):
-    """jax.vmap(one)(*stacked), but a group of one seed is solved unbatched: XLA's CPU backend
-    ran f's products batched over an axis of size 1 up to 2.5x slower (benchmarks/sharpness.py)."""
-    if jax.tree.leaves(stacked)[0].shape[0] == 1:
-        return jax.tree.map(lambda leaf: leaf[None], one(*jax.tree.map(lambda a: a[0], stacked)))
-    return jax.vmap(one)(*stacked)
-
-
 @partial(jax.jit, static_argnames=("model", "solver", "restarts", "init", "bn", "chunk"))
 def _seed_sharpness(model, variables, x, y, A, eps, key, *, solver, restarts, init, bn, chunk):
     def one(params, batch_stats):
@@ -173,7 +166,7 @@ def _seed_sharpness(model, variables, x, y, A, eps, key, *, solver, restarts, in
         )
         return result._replace(y=None)
 
-    return _over_seeds(one, variables["params"], variables["batch_stats"])
+    return vmap_leading(one, variables["params"], variables["batch_stats"])
 
 
 @partial(jax.jit, static_argnames=("model", "measure", "bn", "chunk"))
@@ -181,7 +174,7 @@ def _seed_measure(model, variables, x, y, *, measure, bn, chunk):
     def one(params, batch_stats):
         return measure(make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn), params)
 
-    return _over_seeds(one, variables["params"], variables["batch_stats"])
+    return vmap_leading(one, variables["params"], variables["batch_stats"])
 
 
 @partial(jax.jit, static_argnames=("model", "bn", "chunk"))
@@ -196,4 +189,4 @@ def _seed_gradients(model, variables, x, y, *, bn, chunk):
             "grad_2_norm": jnp.linalg.norm(flat),
         }
 
-    return _over_seeds(one, variables["params"], variables["batch_stats"])
+    return vmap_leading(one, variables["params"], variables["batch_stats"])
