@@ -169,8 +169,9 @@ CHUNK_MIN = 1024
 
 def chunk_size(n: int) -> int:
     """Breakpoints the GCP examines before it falls back to sorting all n: n / 16, at least
-    CHUNK_MIN. Measured on F1 (n = 1.46M, benchmarks/sharpness.py) the GCP passed at most 2% of
-    the ~90k breakpoints, so the chunk holds it; a deeper GCP costs the full sort besides."""
+    CHUNK_MIN. In an instrumented solve of benchmarks/sharpness.py's F1 problem (n = 1.46M) the
+    GCP passed at most 2% of the ~90k breakpoints, so the chunk holds it; a deeper GCP costs the
+    full sort besides."""
     return min(n, max(CHUNK_MIN, n // 16))
 
 
