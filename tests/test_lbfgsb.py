@@ -88,9 +88,10 @@ def test_cauchy_point_equals_jaxopt(dtype, n, pairs, seed):
 
 
 @pytest.mark.parametrize(("n", "pairs", "seed"), [(1000, 2, 3), (1000, 5, 4), (20_000, 3, 8)])
-def test_cauchy_point_chunk_holding_the_gcp_or_not(n, pairs, seed, monkeypatch):
-    """The walk over the `chunk` smallest breakpoints decides alone when it holds the GCP and
-    otherwise falls back to sorting them all; either way the answer is jaxopt's."""
+def test_cauchy_point_chunks_holding_the_gcp_or_not(n, pairs, seed, monkeypatch):
+    """The walk over the k smallest breakpoints decides alone whether it holds the GCP; the
+    next k, then the sort of all n, run only when it does not. Whichever holds it, the answer
+    is jaxopt's. A spy records (breakpoints walked, found) for every walk that runs."""
     (x, g, lower, upper), memory = _instance(seed, n, pairs, np.float32)
     M = lbfgsb.middle_matrix(memory)
     W, M_ref, _ = _jaxopt_form(memory)
@@ -98,20 +99,30 @@ def test_cauchy_point_chunk_holding_the_gcp_or_not(n, pairs, seed, monkeypatch):
     fixed = lbfgsb._path(x, g, lower, upper)[0]
     passed = int(jnp.sum(~np.asarray(free_ref) & ~np.asarray(fixed)))
     assert passed >= 4
-    found = []
+    walked = []
     walk = lbfgsb._walk
 
-    def spy(*args):
-        stop = walk(*args)
-        if not isinstance(stop.found, jax.core.Tracer):  # eager: the chunk's own walk
-            found.append(bool(stop.found))
+    def spy(ts, *args):
+        stop = walk(ts, *args)
+        # Fires only where the walk runs (not in a cond branch that is not taken).
+        jax.debug.callback(lambda found: walked.append((ts.shape[0], bool(found))), stop.found)
         return stop
 
     monkeypatch.setattr(lbfgsb, "_walk", spy)
-    for chunk, holds in [(passed + 1, True), (passed // 2, False)]:
-        found.clear()
-        xcp, free, _ = lbfgsb.cauchy_point(x, g, lower, upper, memory, M, chunk=chunk)
-        assert found == [holds]
+    small, large = passed // 2, passed + 1
+    cases = [
+        ((large,), [(large, True)]),
+        ((small,), [(small, False), (n, True)]),
+        ((small, large), [(small, False), (large, True)]),
+        ((2, small), [(2, False), (small, False), (n, True)]),
+    ]
+    for chunks, expected in cases:
+        walked.clear()
+        xcp, free, _ = jax.jit(lbfgsb.cauchy_point, static_argnums=6)(
+            x, g, lower, upper, memory, M, chunks
+        )
+        jax.effects_barrier()
+        assert walked == expected, chunks
         np.testing.assert_array_equal(np.asarray(free), np.asarray(free_ref))
         np.testing.assert_allclose(np.asarray(xcp), np.asarray(xcp_ref), rtol=1e-4, atol=1e-4)
 
@@ -145,10 +156,88 @@ def test_subspace_step_equals_the_dense_newton_step(capacity, monkeypatch):
     np.testing.assert_allclose(point, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_chunk_size():
-    assert lbfgsb.chunk_size(10) == 10
-    assert lbfgsb.chunk_size(5000) == lbfgsb.CHUNK_MIN
-    assert lbfgsb.chunk_size(1_460_234) == 1_460_234 // 16
+def _subsm_reference(x, g, lower, upper, xcp, free, du):
+    """scipy's subsm after the Newton step du (on the free variables, in index order), as its
+    Fortran reads: project; if that hits a bound and (xp - x).g > 0, backtrack from xcp along
+    du to the first bound met instead. Returns (point, cut)."""
+    index = np.flatnonzero(free)
+    point = xcp.copy()
+    point[index] = np.clip(xcp[index] + du, lower[index], upper[index])
+    hit = np.any((point[index] == lower[index]) | (point[index] == upper[index]))
+    if not (hit and np.sum((point - x) * g) > 0):
+        return point, False
+    point, alpha, limit, du = xcp.copy(), 1.0, None, du.copy()
+    for i, k in enumerate(index):
+        room = lower[k] - xcp[k] if du[i] < 0 else upper[k] - xcp[k]
+        if du[i] == 0:
+            continue
+        step = 0.0 if room * np.sign(du[i]) <= 0 else room / du[i]
+        if step < alpha:
+            alpha, limit = step, i
+    if limit is not None:
+        point[index[limit]] = upper[index[limit]] if du[limit] > 0 else lower[index[limit]]
+        du[limit] = 0.0
+    point[index] += alpha * du
+    return point, True
+
+
+@pytest.mark.parametrize("capacity", ["gathered", "masked"])
+def test_subspace_projection_and_cut_back_equal_scipy_subsm(capacity, monkeypatch):
+    """Oracle: the dense Newton step (numpy) and scipy's subsm projection and backtracking,
+    transliterated. A GCP stand-in uphill from x makes the projected point ascend, so the
+    cut-back branch runs; one downhill takes the projection. Both branches are seen."""
+    n = 200
+    monkeypatch.setattr(lbfgsb, "free_capacity", lambda n: n - 1 if capacity == "gathered" else 1)
+    branches = set()
+    for seed in range(6):
+        with jax.enable_x64(True):
+            (x, g, lower, upper), memory = _instance(20 + seed, n, 3, np.float64)
+            rng = np.random.default_rng(seed)
+            side = 1.0 if seed % 2 else -1.0  # uphill (xcp - x).g > 0, or downhill
+            xcp = jnp.clip(x + side * 0.3 * g, lower, upper)
+            free = jnp.asarray(rng.random(n) < 0.4) & (xcp > lower) & (xcp < upper)
+            c = lbfgsb.w_dot(memory, xcp - x)
+            M = lbfgsb.middle_matrix(memory)
+            point = lbfgsb.subspace_point(x, g, lower, upper, memory, M, xcp, free, c)
+            W, M_ref, _ = (np.asarray(a) for a in _jaxopt_form(memory))
+            B = float(memory.theta) * np.eye(n) - W @ M_ref @ W.T
+            x, g, xcp, lower, upper, Z = (np.asarray(a) for a in (x, g, xcp, lower, upper, free))
+            du = -np.linalg.solve(B[np.ix_(Z, Z)], (g + B @ (xcp - x))[Z])
+            expected, cut = _subsm_reference(x, g, lower, upper, xcp, Z, du)
+            branches.add(cut)
+            np.testing.assert_allclose(np.asarray(point), expected, rtol=1e-9, atol=1e-12)
+    assert branches == {True, False}
+
+
+@pytest.mark.parametrize("capacity", ["gathered", "all"])
+def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
+    """Oracle: jaxopt's GCP, numpy's dense reduced Newton step and scipy's subsm (above). The
+    step computed on the variables off the faces only (gathered, with padding slots) and on
+    all n give it; a third of the coordinates sit on a face with the gradient pushing out."""
+    n = 300
+    with jax.enable_x64(True):
+        (x, g, lower, upper), memory = _instance(31, n, 4, np.float64)
+        rng = np.random.default_rng(31)
+        on_face = rng.random(n) < 0.33
+        x = jnp.where(on_face, jnp.where(g > 0, lower, upper), x)
+        limit = {"gathered": n - 1, "all": 1}[capacity]
+        monkeypatch.setattr(lbfgsb, "open_capacity", lambda n: limit)
+        point = lbfgsb.step_point(x, g, lower, upper, memory)
+        W, M_ref, _ = (np.asarray(a) for a in _jaxopt_form(memory))
+        xcp, _, free = jax.jit(_find_cauchy_point)(x, g, lower, upper, memory.theta, W, M_ref)
+        B = float(memory.theta) * np.eye(n) - W @ M_ref @ W.T
+        x, g, xcp, lower, upper, Z = (np.asarray(a) for a in (x, g, xcp, lower, upper, free))
+        open_ = int(np.sum(~np.asarray(lbfgsb._path(x, g, lower, upper)[0])))
+        assert n / 2 < open_ < n - 1  # padding slots in the gathered case
+        du = -np.linalg.solve(B[np.ix_(Z, Z)], (g + B @ (xcp - x))[Z])
+        expected, _ = _subsm_reference(x, g, lower, upper, xcp, Z, du)
+        np.testing.assert_allclose(np.asarray(point), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_chunk_sizes():
+    assert lbfgsb.chunk_sizes(1000) == ()
+    assert lbfgsb.chunk_sizes(5000) == (lbfgsb.CHUNK_MIN,)
+    assert lbfgsb.chunk_sizes(1_460_234) == (1_460_234 // 256, 1_460_234 // 16)
 
 
 def test_cauchy_point_without_pairs_is_the_projected_gradient_step():

@@ -17,10 +17,12 @@ How it differs from a transliteration, and why:
   lies inside it. jaxopt walks the breakpoints in a `while_loop`, one per step: under `vmap`
   that loop runs to the slowest lane and selects every lane's state at every step (measured:
   5 seeds vmapped cost 4.35x solving them one after another).
-* Only the n/16 smallest breakpoints are sorted (`lax.top_k`), and all n only when the GCP
-  lies beyond them. Maximising sharpness on F1 (n = 1.46M), ~94% of the coordinates sit on
-  a face with the gradient pushing out and the GCP passed at most 2% of the ~90k others; an
-  argsort of n cost about as much as an evaluation of f there.
+* Only the smallest breakpoints are sorted (`lax.top_k` of n/256, then of n/16), and all n
+  only when the GCP lies beyond them. Maximising sharpness on F1 (n = 1.46M), ~94% of the
+  coordinates sit on a face with the gradient pushing out and the GCP passed at most ~2k of
+  the ~90k others; an argsort of n cost about three evaluations of f there.
+* The subspace step and its projection work on the free variables gathered (~10% on F1),
+  not on masked arrays of all n.
 * The (m, n) pair arrays are never the output of a `cond` or a `where` in the loop (either
   copies them every iteration, measured at 2/3 of the solver's own time without pairs at
   n = 1.46M); a new pair is written into its row in place.
@@ -167,12 +169,22 @@ def _path(x, g, lower, upper):
 CHUNK_MIN = 1024
 
 
-def chunk_size(n: int) -> int:
-    """Breakpoints the GCP examines before it falls back to sorting all n: n / 16, at least
-    CHUNK_MIN. In an instrumented solve of benchmarks/sharpness.py's F1 problem (n = 1.46M) the
-    GCP passed at most 2% of the ~90k breakpoints, so the chunk holds it; a deeper GCP costs the
-    full sort besides."""
-    return min(n, max(CHUNK_MIN, n // 16))
+def chunk_sizes(n: int) -> tuple[int, ...]:
+    """How many of the smallest breakpoints the GCP examines before it sorts all n: n / 256,
+    then n / 16, each at least CHUNK_MIN and below n (empty: sort all n at once).
+
+    `lax.top_k` of k among n costs more as k grows (n = 1.46M on this 2-core CPU: 7 ms for
+    k = 5.7k, 30 ms for k = 91k, 290 ms for the whole argsort), and in an instrumented solve of
+    benchmarks/sharpness.py's F1 problem the GCP passed at most ~2k of the ~90k breakpoints:
+    the small chunk usually holds it, the larger one catches most of the rest.
+    """
+    sizes = sorted({max(CHUNK_MIN, n // 256), max(CHUNK_MIN, n // 16)})
+    return tuple(size for size in sizes if size < n)
+
+
+def _rows_at(memory: Memory, index: jax.Array) -> jax.Array:
+    """The rows of W = [Y, theta S] at the coordinates `index`, (2m, len(index))."""
+    return jnp.concatenate([memory.y[:, index], memory.theta * memory.s[:, index]])
 
 
 class _Stop(NamedTuple):
@@ -229,37 +241,38 @@ def _walk(ts, gs, rows, num_breaks, complete, g0, p0, theta, M) -> _Stop:
     return _Stop(jnp.any(stop), tk[first] + step, t_passed, ck[:, first] + step * pk[:, first])
 
 
-def cauchy_point(x, g, lower, upper, memory: Memory, M: jax.Array, chunk: int | None = None):
+def cauchy_point(
+    x, g, lower, upper, memory: Memory, M: jax.Array, chunks: tuple[int, ...] | None = None
+):
     """The exact GCP of the model F + g.z + z^T B z / 2 along P(x - t g).
 
     Returns (xcp, free, c): the point, the variables not at a bound there (scipy's free set),
-    and c = W^T (xcp - x), (2m,), for the subspace step. The walk first looks at the `chunk`
-    smallest breakpoints (`lax.top_k`; default `chunk_size(n)`) and sorts all n only when the
-    GCP lies beyond them; prefix sums over the sorted breakpoints, no loop over them.
+    and c = W^T (xcp - x), (2m,), for the subspace step. The walk looks at the k smallest
+    breakpoints (`lax.top_k`) for each k in `chunks` (default `chunk_sizes(n)`) until one
+    holds the GCP, and sorts all n only when none does; prefix sums over the sorted
+    breakpoints, no loop over them.
     """
     theta = memory.theta
     fixed, moving, d, t = _path(x, g, lower, upper)
     n = x.shape[0]
-    chunk = chunk_size(n) if chunk is None else min(int(chunk), n)
+    chunks = chunk_sizes(n) if chunks is None else tuple(k for k in chunks if k < n)
     num_breaks = jnp.sum(moving)
     g0 = jnp.sum(d * d)
     p0 = w_dot(memory, d)
     gm = jnp.where(moving, g, 0.0)
 
     def walk(index, ts, complete):
-        rows = jnp.concatenate([memory.y[:, index], theta * memory.s[:, index]])  # (2m, L)
-        return _walk(ts, gm[index], rows, num_breaks, complete, g0, p0, theta, M)
+        return _walk(ts, gm[index], _rows_at(memory, index), num_breaks, complete, g0, p0, theta, M)
 
-    def everything():
-        order = jnp.argsort(t)
-        return walk(order, t[order], True)
+    def search(level: int) -> _Stop:
+        if level == len(chunks):
+            order = jnp.argsort(t)
+            return walk(order, t[order], True)
+        negated, index = jax.lax.top_k(-t, chunks[level])  # the smallest, ascending
+        stop = walk(index, -negated, num_breaks <= chunks[level])
+        return jax.lax.cond(stop.found, lambda: stop, lambda: search(level + 1))
 
-    if chunk >= n:
-        stop = everything()
-    else:
-        negated, index = jax.lax.top_k(-t, chunk)  # the chunk smallest, ascending
-        first = walk(index, -negated, num_breaks <= chunk)
-        stop = jax.lax.cond(first.found, lambda: first, everything)
+    stop = search(0)
     xcp = jnp.where(moving, jnp.clip(x + stop.t_gcp * d, lower, upper), x)
     passed = moving & (t <= stop.t_passed)
     free = ~fixed & ~passed
@@ -301,38 +314,46 @@ def subspace_point(x, g, lower, upper, memory: Memory, M: jax.Array, xcp, free, 
     projected onto the box; if the projected point is not a descent direction from x, the step
     is cut back to the box along the Newton direction instead (Morales & Nocedal 2011).
 
-    When at most `free_capacity(n)` variables are free, the step works on their gathered rows
-    of W only; otherwise on all n rows, masked.
+    When at most `free_capacity(n)` variables are free, the step and its projection work on
+    those variables only (gathered, then scattered into xcp); otherwise on all n, masked.
     """
     theta = memory.theta
     n = x.shape[0]
-    base = g + theta * (xcp - x)
     capacity = free_capacity(n)
+    # (xcp - x).g: the part of the descent test the free variables' step does not change.
+    along_path = jnp.sum((xcp - x) * g)
 
-    def rows_at(index):
-        return jnp.concatenate([memory.y[:, index], theta * memory.s[:, index]])
+    def step_on(rows, x, g, xcp, lower, upper, free):
+        base = g + theta * (xcp - x)
+        du = _newton_step(rows, base, free.astype(x.dtype), M, c, theta)
+        return _projected_or_cut(xcp, du, lower, upper, g, free, along_path)
 
     def gathered():
         index = jnp.nonzero(free, size=capacity, fill_value=n)[0]
-        valid = index < n
-        safe = jnp.where(valid, index, 0)
-        du = _newton_step(rows_at(safe), base[safe], valid.astype(x.dtype), M, c, theta)
-        return jnp.zeros_like(x).at[index].set(du, mode="drop")
+        safe = jnp.where(index < n, index, 0)
+        at = lambda a: a[safe]
+        point = step_on(
+            _rows_at(memory, safe), at(x), at(g), at(xcp), at(lower), at(upper), index < n
+        )
+        return xcp.at[index].set(point, mode="drop")
 
     def masked():
-        rows = jnp.concatenate([memory.y, theta * memory.s])
-        return _newton_step(rows, base, free.astype(x.dtype), M, c, theta)
+        return step_on(_rows_at(memory, slice(None)), x, g, xcp, lower, upper, free)
 
     if capacity >= n:
-        du = masked()
-    else:
-        du = jax.lax.cond(jnp.sum(free) <= capacity, gathered, masked)
+        return masked()
+    return jax.lax.cond(jnp.sum(free) <= capacity, gathered, masked)
 
+
+def _projected_or_cut(xcp, du, lower, upper, g, free, along_path):
+    """The subspace step's end point on the variables given (all n, or the free ones gathered):
+    xcp + du projected onto the box, or, when that hits a bound and does not descend
+    (along_path + (projected - xcp).g > 0), xcp + alpha du with the largest alpha <= 1 that
+    keeps every free variable inside, the one that limits it set on its bound."""
     projected = jnp.where(free, jnp.clip(xcp + du, lower, upper), xcp)
     hit = jnp.any(free & ((projected == lower) | (projected == upper)))
-    ascent = jnp.sum((projected - x) * g) > 0
-    # Cut back along du: the largest alpha <= 1 keeping every free coordinate inside (0 for a
-    # coordinate already at the bound du points past).
+    ascent = along_path + jnp.sum((projected - xcp) * g) > 0
+    # Cut back along du: 0 for a coordinate already at the bound du points past.
     room = jnp.where(du < 0, lower - xcp, upper - xcp)
     safe_du = jnp.where(du != 0, du, 1.0)
     ratio = jnp.where(room * jnp.sign(du) <= 0, 0.0, room / safe_du)
@@ -349,15 +370,53 @@ def step_point(x, g, lower, upper, memory: Memory):
     """The point L-BFGS-B steps towards from x: the subspace minimiser (no pairs: the GCP)."""
 
     def with_pairs(x, g, lower, upper, memory):
-        M = middle_matrix(memory)
-        xcp, free, c = cauchy_point(x, g, lower, upper, memory, M)
-        return subspace_point(x, g, lower, upper, memory, M, xcp, free, c)
+        return _step_off_the_faces(x, g, lower, upper, memory, middle_matrix(memory))
 
     def without_pairs(x, g, lower, upper, memory):
         return cauchy_point_no_memory(x, g, lower, upper, memory.theta)
 
     has_pairs = lambda x, g, lower, upper, memory: memory.count > 0
     return _dispatch(has_pairs, with_pairs, without_pairs)(x, g, lower, upper, memory)
+
+
+def _subspace_minimiser(x, g, lower, upper, memory: Memory, M: jax.Array):
+    xcp, free, c = cauchy_point(x, g, lower, upper, memory, M)
+    return subspace_point(x, g, lower, upper, memory, M, xcp, free, c)
+
+
+def open_capacity(n: int) -> int:
+    """Variables off the faces the step gathers before it works on all n: n / 8, at least
+    CHUNK_MIN (maximising sharpness on F1, ~10% of the coordinates are off them)."""
+    return min(n, max(CHUNK_MIN, n // 8))
+
+
+def _step_off_the_faces(x, g, lower, upper, memory: Memory, M: jax.Array):
+    """The subspace minimiser, computed on the variables not fixed at x (on a face with the
+    gradient pushing out) when at most `open_capacity(n)` are: those do not move at the GCP,
+    are not free there and so keep x in the subspace step, and c = W^T (xcp - x) has no term
+    from them. The step over the others is L-BFGS-B's step for the problem restricted to
+    them, with the same M; padding slots are pinned (x = lower = upper = g = 0, W rows 0).
+    """
+    n = x.shape[0]
+    capacity = open_capacity(n)
+    if capacity >= n:
+        return _subspace_minimiser(x, g, lower, upper, memory, M)
+    fixed = _path(x, g, lower, upper)[0]
+
+    def gathered():
+        index = jnp.nonzero(~fixed, size=capacity, fill_value=n)[0]
+        valid = index < n
+        safe = jnp.where(valid, index, 0)
+        at = lambda a: jnp.where(valid, a[safe], 0.0)
+        rows = lambda a: a.at[:, index].get(mode="fill", fill_value=0.0)
+        restricted = memory._replace(s=rows(memory.s), y=rows(memory.y))
+        point = _subspace_minimiser(at(x), at(g), at(lower), at(upper), restricted, M)
+        return x.at[index].set(point, mode="drop")
+
+    def everything():
+        return _subspace_minimiser(x, g, lower, upper, memory, M)
+
+    return jax.lax.cond(jnp.sum(~fixed) <= capacity, gathered, everything)
 
 
 def _dispatch(predicate: Callable, if_true: Callable, if_false: Callable) -> Callable:
