@@ -235,8 +235,10 @@ def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
 
 
 def test_chunk_sizes():
-    assert lbfgsb.chunk_sizes(1000) == ()
+    assert lbfgsb.chunk_sizes(lbfgsb.CHUNK_MIN) == ()
     assert lbfgsb.chunk_sizes(5000) == (lbfgsb.CHUNK_MIN,)
+    assert lbfgsb.chunk_sizes(70_000) == (lbfgsb.CHUNK_MIN,)  # n / 16 not twice as many
+    assert lbfgsb.chunk_sizes(182_529) == (lbfgsb.CHUNK_MIN, 182_529 // 16)
     assert lbfgsb.chunk_sizes(1_460_234) == (1_460_234 // 256, 1_460_234 // 16)
 
 

@@ -165,21 +165,27 @@ def _path(x, g, lower, upper):
     return fixed, moving, d, jnp.where(moving, t, jnp.inf)
 
 
-# Smallest Cauchy-point chunk; below it the whole sort is cheap anyway.
-CHUNK_MIN = 1024
+# Smallest Cauchy-point chunk, and the fewest variables worth gathering.
+CHUNK_MIN = 4096
 
 
 def chunk_sizes(n: int) -> tuple[int, ...]:
     """How many of the smallest breakpoints the GCP examines before it sorts all n: n / 256,
-    then n / 16, each at least CHUNK_MIN and below n (empty: sort all n at once).
+    then n / 16, each at least CHUNK_MIN, below n and at least twice the one before (empty:
+    sort all n at once).
 
-    `lax.top_k` of k among n costs more as k grows (n = 1.46M on this 2-core CPU: 7 ms for
-    k = 5.7k, 30 ms for k = 91k, 290 ms for the whole argsort), and in an instrumented solve of
+    A walk over k breakpoints costs a `lax.top_k` of k among n and prefix sums over a
+    (2m, k) array, both growing with k (n = 1.46M on this 2-core CPU: top_k 7 ms for k = 5.7k,
+    30 ms for k = 91k, 290 ms for the whole argsort; the walk on the 182k coordinates off the
+    faces: 6 ms for k = 4096, 140 ms for all). In an instrumented solve of
     benchmarks/sharpness.py's F1 problem the GCP passed at most ~2k of the ~90k breakpoints:
-    the small chunk usually holds it, the larger one catches most of the rest.
+    the first chunk usually holds it, the second catches most of the rest.
     """
-    sizes = sorted({max(CHUNK_MIN, n // 256), max(CHUNK_MIN, n // 16)})
-    return tuple(size for size in sizes if size < n)
+    sizes: list[int] = []
+    for size in (max(CHUNK_MIN, n // 256), max(CHUNK_MIN, n // 16)):
+        if size < n and (not sizes or size >= 2 * sizes[-1]):
+            sizes.append(size)
+    return tuple(sizes)
 
 
 def _rows_at(memory: Memory, index: jax.Array) -> jax.Array:
@@ -291,7 +297,7 @@ def cauchy_point_no_memory(x, g, lower, upper, theta):
 
 def free_capacity(n: int) -> int:
     """Free variables the subspace step gathers before it falls back to masked rows of all n:
-    n / 8, at least CHUNK_MIN (on F1 ~6% of the coordinates are free at the GCP)."""
+    n / 8, at least CHUNK_MIN (on F1 ~9% of the coordinates are free at the GCP)."""
     return min(n, max(CHUNK_MIN, n // 8))
 
 
