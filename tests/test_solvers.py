@@ -180,10 +180,19 @@ def test_compiled_program_is_reused_for_the_same_loss_fn():
     flatmin.sharpness(limited, jax.tree.map(lambda x: x + 1.0, params))  # no AssertionError
 
 
-def test_branch_without_pairs_is_taken_per_batch():
+def test_branch_without_pairs_is_taken_per_batch(monkeypatch):
     """Oracle: a Python loop over lanes. step_point takes the exact GCP-and-subspace branch
     when a lane holds curvature pairs and the closed form when none does; vmapped (and
-    vmapped twice) over lanes with and without pairs, every lane matches its own result."""
+    vmapped twice) over lanes with and without pairs, every lane matches its own result, and
+    the exact branch runs only in the lanes that hold pairs (a spy counts its runs)."""
+    runs = []
+    exact = lbfgsb._step_off_the_faces
+
+    def spy(x, g, lower, upper, memory, M):
+        jax.debug.callback(lambda count: runs.append(int(count)), memory.count)
+        return exact(x, g, lower, upper, memory, M)
+
+    monkeypatch.setattr(lbfgsb, "_step_off_the_faces", spy)
     rng = np.random.default_rng(3)
     n, lanes = 40, 4
     x = jnp.asarray(rng.uniform(-0.5, 0.5, (lanes, n)), jnp.float32)
@@ -205,6 +214,8 @@ def test_branch_without_pairs_is_taken_per_batch():
         x, g, lower, upper, stacked
     )
     np.testing.assert_allclose(np.asarray(batched), np.asarray(alone), rtol=1e-5, atol=1e-6)
+    jax.effects_barrier()
+    assert sorted(runs) == [2, 2, 3, 3]  # alone, then vmapped: the two lanes with pairs
     none = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[memories[0]] * lanes)
     twice = jax.vmap(
         jax.vmap(lbfgsb.step_point, in_axes=(0, 0, None, None, 0)), in_axes=(0, 0, None, None, 0)

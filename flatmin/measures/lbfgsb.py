@@ -429,9 +429,10 @@ def _dispatch(predicate: Callable, if_true: Callable, if_false: Callable) -> Cal
     """`lax.cond(predicate(*args), if_true, if_false, *args)` that stays a branch under vmap.
 
     `vmap` turns a cond with a batched predicate into a select that runs both branches in
-    every lane. Here the batch takes `if_true` (vmapped) when any lane needs it and `if_false`
-    otherwise; both branches must give the same answer where the predicate is false, so the
-    choice is one of cost only. Nested vmaps (seeds, restarts) reduce over every level.
+    every lane. Here, when any lane needs `if_true`, the batch goes lane by lane (`lax.map`),
+    each lane taking its own branch; otherwise it takes `if_false` vmapped. Both branches must
+    give the same answer where the predicate is false, so the choice is one of cost only.
+    Nested vmaps (seeds, restarts) reduce over every level.
     """
 
     @jax.custom_batching.custom_vmap
@@ -446,9 +447,11 @@ def _dispatch(predicate: Callable, if_true: Callable, if_false: Callable) -> Cal
             )
             for arg, bat in zip(args, in_batched, strict=True)
         ]
+        # Lane by lane, each lane takes its own branch: a lane without pairs in a batch
+        # where another has them costs the closed form, not the exact GCP's sort.
         batched = _dispatch(
             lambda *a: jnp.any(jax.vmap(predicate)(*a)),
-            _lane_by_lane(if_true),
+            _lane_by_lane(lambda *a: jax.lax.cond(predicate(*a), if_true, if_false, *a)),
             jax.vmap(if_false),
         )
         out = batched(*args)
