@@ -17,12 +17,12 @@ How it differs from a transliteration, and why:
   lies inside it. jaxopt walks the breakpoints in a `while_loop`, one per step: under `vmap`
   that loop runs to the slowest lane and selects every lane's state at every step (measured:
   5 seeds vmapped cost 4.35x solving them one after another).
-* Only the smallest breakpoints are sorted (`lax.top_k` of n/256, then of n/16), and all n
-  only when the GCP lies beyond them. Maximising sharpness on F1 (n = 1.46M), ~94% of the
-  coordinates sit on a face with the gradient pushing out and the GCP passed at most ~2k of
-  the ~90k others; an argsort of n cost about three evaluations of f there.
-* The subspace step and its projection work on the free variables gathered (~10% on F1),
-  not on masked arrays of all n.
+* The step with pairs is computed on the coordinates off the faces, gathered: maximising
+  sharpness on F1 (n = 1.46M) ~90% sit on a face with the gradient pushing out, and those
+  neither move at the GCP nor enter the subspace step.
+* Only the smallest breakpoints are sorted (`lax.top_k`, `chunk_sizes`), and all of them only
+  when the GCP lies beyond those. On F1 the GCP passed at most ~2k of the ~90k breakpoints;
+  an argsort of n cost about three evaluations of f there.
 * The (m, n) pair arrays are never the output of a `cond` or a `where` in the loop (either
   copies them every iteration, measured at 2/3 of the solver's own time without pairs at
   n = 1.46M); a new pair is written into its row in place.
