@@ -127,16 +127,14 @@ def test_cauchy_point_chunks_holding_the_gcp_or_not(n, pairs, seed, monkeypatch)
         np.testing.assert_allclose(np.asarray(xcp), np.asarray(xcp_ref), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("capacity", ["gathered", "masked"])
-def test_subspace_step_equals_the_dense_newton_step(capacity, monkeypatch):
+def test_subspace_step_equals_the_dense_newton_step():
     """Oracle: the dense model B = theta I - W M W^T (n = 300) and its reduced Newton step
     -(Z^T B Z)^{-1} Z^T (g + B (xcp - x)) over the free variables, solved by numpy; projected
-    onto the box. The step on gathered free rows and on all rows masked both give it."""
+    onto the box."""
     n = 300
     (x, g, lower, upper), memory = _instance(11, n, 4, np.float32)
     M = lbfgsb.middle_matrix(memory)
     xcp, free, c = lbfgsb.cauchy_point(x, g, lower, upper, memory, M)
-    monkeypatch.setattr(lbfgsb, "free_capacity", lambda n: n - 1 if capacity == "gathered" else 1)
     point = np.asarray(lbfgsb.subspace_point(x, g, lower, upper, memory, M, xcp, free, c))
 
     W, M_ref, _ = (np.asarray(a, np.float64) for a in _jaxopt_form(memory))
@@ -181,13 +179,11 @@ def _subsm_reference(x, g, lower, upper, xcp, free, du):
     return point, True
 
 
-@pytest.mark.parametrize("capacity", ["gathered", "masked"])
-def test_subspace_projection_and_cut_back_equal_scipy_subsm(capacity, monkeypatch):
+def test_subspace_projection_and_cut_back_equal_scipy_subsm():
     """Oracle: the dense Newton step (numpy) and scipy's subsm projection and backtracking,
     transliterated. A GCP stand-in uphill from x makes the projected point ascend, so the
     cut-back branch runs; one downhill takes the projection. Both branches are seen."""
     n = 200
-    monkeypatch.setattr(lbfgsb, "free_capacity", lambda n: n - 1 if capacity == "gathered" else 1)
     branches = set()
     for seed in range(6):
         with jax.enable_x64(True):

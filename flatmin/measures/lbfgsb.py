@@ -165,7 +165,7 @@ def _path(x, g, lower, upper):
     return fixed, moving, d, jnp.where(moving, t, jnp.inf)
 
 
-# Smallest Cauchy-point chunk, and the fewest variables worth gathering.
+# Smallest Cauchy-point chunk, and the fewest variables off the faces worth gathering.
 CHUNK_MIN = 4096
 
 
@@ -295,12 +295,6 @@ def cauchy_point_no_memory(x, g, lower, upper, theta):
 # --- subspace minimisation -----------------------------------------------------------------------
 
 
-def free_capacity(n: int) -> int:
-    """Free variables the subspace step gathers before it falls back to masked rows of all n:
-    n / 8, at least CHUNK_MIN (on F1 ~9% of the coordinates are free at the GCP)."""
-    return min(n, max(CHUNK_MIN, n // 8))
-
-
 def _newton_step(rows, base, valid, M, c, theta):
     """The model's Newton step over the free variables given by their W rows (2m, L), their
     g + theta (xcp - x) (L,) and `valid` (L,): du (L,), 0 where not valid."""
@@ -320,46 +314,17 @@ def subspace_point(x, g, lower, upper, memory: Memory, M: jax.Array, xcp, free, 
     projected onto the box; if the projected point is not a descent direction from x, the step
     is cut back to the box along the Newton direction instead (Morales & Nocedal 2011).
 
-    When at most `free_capacity(n)` variables are free, the step and its projection work on
-    those variables only (gathered, then scattered into xcp); otherwise on all n, masked.
+    The free variables are masked, not gathered: `step_point` has already gathered the
+    variables off the faces, of which most are free.
     """
     theta = memory.theta
-    n = x.shape[0]
-    capacity = free_capacity(n)
-    # (xcp - x).g: the part of the descent test the free variables' step does not change.
-    along_path = jnp.sum((xcp - x) * g)
-
-    def step_on(rows, x, g, xcp, lower, upper, free):
-        base = g + theta * (xcp - x)
-        du = _newton_step(rows, base, free.astype(x.dtype), M, c, theta)
-        return _projected_or_cut(xcp, du, lower, upper, g, free, along_path)
-
-    def gathered():
-        index = jnp.nonzero(free, size=capacity, fill_value=n)[0]
-        safe = jnp.where(index < n, index, 0)
-        at = lambda a: a[safe]
-        point = step_on(
-            _rows_at(memory, safe), at(x), at(g), at(xcp), at(lower), at(upper), index < n
-        )
-        return xcp.at[index].set(point, mode="drop")
-
-    def masked():
-        return step_on(_rows_at(memory, slice(None)), x, g, xcp, lower, upper, free)
-
-    if capacity >= n:
-        return masked()
-    return jax.lax.cond(jnp.sum(free) <= capacity, gathered, masked)
-
-
-def _projected_or_cut(xcp, du, lower, upper, g, free, along_path):
-    """The subspace step's end point on the variables given (all n, or the free ones gathered):
-    xcp + du projected onto the box, or, when that hits a bound and does not descend
-    (along_path + (projected - xcp).g > 0), xcp + alpha du with the largest alpha <= 1 that
-    keeps every free variable inside, the one that limits it set on its bound."""
+    base = g + theta * (xcp - x)
+    du = _newton_step(_rows_at(memory, slice(None)), base, free.astype(x.dtype), M, c, theta)
     projected = jnp.where(free, jnp.clip(xcp + du, lower, upper), xcp)
     hit = jnp.any(free & ((projected == lower) | (projected == upper)))
-    ascent = along_path + jnp.sum((projected - xcp) * g) > 0
-    # Cut back along du: 0 for a coordinate already at the bound du points past.
+    ascent = jnp.sum((projected - x) * g) > 0
+    # Cut back along du: the largest alpha <= 1 keeping every free coordinate inside (0 for a
+    # coordinate already at the bound du points past), the one that limits it set on its bound.
     room = jnp.where(du < 0, lower - xcp, upper - xcp)
     safe_du = jnp.where(du != 0, du, 1.0)
     ratio = jnp.where(room * jnp.sign(du) <= 0, 0.0, room / safe_du)
