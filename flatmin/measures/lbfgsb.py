@@ -376,9 +376,8 @@ def _step_off_the_faces(x, g, lower, upper, memory: Memory, M: jax.Array):
 
     def gathered():
         index = jnp.nonzero(~fixed, size=capacity, fill_value=n)[0]
-        valid = index < n
-        safe = jnp.where(valid, index, 0)
-        at = lambda a: jnp.where(valid, a[safe], 0.0)
+        # Padding slots (index n) read 0.
+        at = lambda a: a.at[index].get(mode="fill", fill_value=0.0)
         rows = lambda a: a.at[:, index].get(mode="fill", fill_value=0.0)
         restricted = memory._replace(s=rows(memory.s), y=rows(memory.y))
         point = _subspace_minimiser(at(x), at(g), at(lower), at(upper), restricted, M)
@@ -416,7 +415,7 @@ def _dispatch(predicate: Callable, if_true: Callable, if_false: Callable) -> Cal
         # where another has them costs the closed form, not the exact GCP's sort.
         batched = _dispatch(
             lambda *a: jnp.any(jax.vmap(predicate)(*a)),
-            _lane_by_lane(lambda *a: jax.lax.cond(predicate(*a), if_true, if_false, *a)),
+            _lane_by_lane(branch),
             jax.vmap(if_false),
         )
         out = batched(*args)
