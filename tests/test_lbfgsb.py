@@ -230,6 +230,28 @@ def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
         np.testing.assert_allclose(np.asarray(point), expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("n", "density", "size"),
+    [
+        (1, 1.0, 1),
+        (255, 0.5, 300),
+        (256, 0.1, 40),
+        (1000, 0.0, 64),
+        (5000, 0.3, 800),
+        (70_001, 0.093, 9000),
+    ],
+)
+def test_compact_index_is_numpys_flatnonzero(n, density, size):
+    """Oracle: numpy's flatnonzero, cut to `size` and padded with n; the sizes cover a single
+    block, a partial last block, an empty mask and more True entries than slots."""
+    mask = np.random.default_rng(n).random(n) < density
+    expected = np.full(size, n)
+    hits = np.flatnonzero(mask)[:size]
+    expected[: hits.size] = hits
+    got = jax.jit(lbfgsb._compact_index, static_argnums=1)(jnp.asarray(mask), size)
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
 def test_chunk_sizes():
     assert lbfgsb.chunk_sizes(lbfgsb.CHUNK_MIN) == ()
     assert lbfgsb.chunk_sizes(5000) == (lbfgsb.CHUNK_MIN,)
