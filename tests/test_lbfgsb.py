@@ -209,7 +209,8 @@ def test_subspace_projection_and_cut_back_equal_scipy_subsm():
 def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
     """Oracle: jaxopt's GCP, numpy's dense reduced Newton step and scipy's subsm (above). The
     step computed on the variables off the faces only (gathered, with padding slots) and on
-    all n give it; a third of the coordinates sit on a face with the gradient pushing out."""
+    all n give it; a third of the coordinates sit on a face with the gradient pushing out.
+    W^T (point - x), which the step hands to push_pair, is numpy's product."""
     n = 300
     with jax.enable_x64(True):
         (x, g, lower, upper), memory = _instance(31, n, 4, np.float64)
@@ -218,7 +219,10 @@ def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
         x = jnp.where(on_face, jnp.where(g > 0, lower, upper), x)
         limit = {"gathered": n - 1, "all": 1}[capacity]
         monkeypatch.setattr(lbfgsb, "open_capacity", lambda n: limit)
-        point = lbfgsb.step_point(x, g, lower, upper, memory)
+        point, w_step = lbfgsb._step_target(x, g, lower, upper, memory)
+        # W^T (point - x) over every slot, for push_pair: numpy's product of the stored rows.
+        W_slots = np.concatenate([memory.y, float(memory.theta) * np.asarray(memory.s)])
+        np.testing.assert_allclose(w_step, W_slots @ np.asarray(point - x), rtol=1e-9, atol=1e-12)
         W, M_ref, _ = (np.asarray(a) for a in _jaxopt_form(memory))
         xcp, _, free = jax.jit(_find_cauchy_point)(x, g, lower, upper, memory.theta, W, M_ref)
         B = float(memory.theta) * np.eye(n) - W @ M_ref @ W.T
@@ -228,6 +232,28 @@ def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
         du = -np.linalg.solve(B[np.ix_(Z, Z)], (g + B @ (xcp - x))[Z])
         expected, _ = _subsm_reference(x, g, lower, upper, xcp, Z, du)
         np.testing.assert_allclose(np.asarray(point), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["w_s given", "w_s computed"])
+def test_push_pair_keeps_the_products_of_the_stored_pairs(given):
+    """Oracle: numpy's S Y^T and S S^T of the rows stored, after 9 pushes into 4 slots (the
+    oldest dropped five times; two pushes skipped). With w_s given it is the step's
+    W^T s = [Y^T s, theta S^T s] over the slots before the push, as `minimize` passes it."""
+    n, m = 50, 4
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        memory = lbfgsb.empty_memory(m, n, np.float64)
+        for k in range(9):
+            s = rng.normal(size=n)
+            y = rng.uniform(0.5, 2.0, n) * s
+            w_s = lbfgsb.w_dot(memory, jnp.asarray(s)) if given else None
+            update = k not in (3, 6)
+            memory = lbfgsb.push_pair(memory, s, y, s @ y, y @ y, update, w_s)
+        assert int(memory.count) == m
+        S, Y = np.asarray(memory.s), np.asarray(memory.y)
+        np.testing.assert_allclose(np.asarray(memory.sy), S @ Y.T, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(memory.ss), S @ S.T, rtol=1e-12)
+        np.testing.assert_allclose(float(memory.theta), y @ y / (s @ y), rtol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ class Memory(NamedTuple):
     """The limited-memory pairs, stored in slots; `head` is the slot of the oldest pair.
 
     s, y: (m, n); sy[i, j] = s_i . y_j and ss[i, j] = s_i . s_j, (m, m), kept up to date as
-    pairs arrive (m dot products each), so forming M costs O(m^3), never O(m^2 n).
+    pairs arrive, so forming M costs O(m^3), never O(m^2 n).
     """
 
     s: jax.Array
@@ -83,11 +83,20 @@ def reset_memory(memory: Memory) -> Memory:
 
 
 def push_pair(
-    memory: Memory, s: jax.Array, y: jax.Array, sy: jax.Array, yy: jax.Array, update=True
+    memory: Memory,
+    s: jax.Array,
+    y: jax.Array,
+    sy: jax.Array,
+    yy: jax.Array,
+    update=True,
+    w_s: jax.Array | None = None,
 ) -> Memory:
     """Stores the pair (s, y) with s.y = sy, y.y = yy, dropping the oldest when full; with
     `update` False (traced or not) the memory is returned unchanged.
 
+    w_s = W^T s = [Y^T s, theta S^T s], (2m,), over the pairs stored before this one, when
+    the caller has it (`minimize` gets it from the step, where it costs a product over the
+    coordinates that moved only); otherwise it is computed here (two passes over (m, n)).
     The (m, n) arrays get one row written in place whatever `update` is (the row is the old
     one when False); a `cond` or `where` around them would copy both every iteration.
     """
@@ -95,17 +104,21 @@ def push_pair(
     update = jnp.asarray(update)
     full = memory.count >= m
     slot = jnp.where(full, memory.head, (memory.head + memory.count) % m)
+    w_s = w_dot(memory, s) if w_s is None else w_s
     s_mat = memory.s.at[slot].set(jnp.where(update, s, memory.s[slot]))
     y_mat = memory.y.at[slot].set(jnp.where(update, y, memory.y[slot]))
 
-    def dots(s_mat, y_mat):
-        # s_i . y_new, s_new . y_j, s_i . s_new: 3m dot products of length n.
-        return s_mat @ y, y_mat @ s, s_mat @ s
+    def dots(s_mat):
+        # s_i . y_new: the one product over all n that the step cannot give (y is dense).
+        return s_mat @ y, jnp.sum(s * s)
 
     zeros = jnp.zeros((m,), memory.sy.dtype)
-    s_dot_y, y_dot_s, s_dot_s = jax.lax.cond(
-        update, dots, lambda *_: (zeros, zeros, zeros), s_mat, y_mat
+    s_dot_y, ss_new = jax.lax.cond(
+        update, dots, lambda _: (zeros, jnp.zeros((), zeros.dtype)), s_mat
     )
+    # Products with the pairs kept; the new pair's own slot gets sy and s.s.
+    y_dot_s = w_s[:m].astype(zeros.dtype)
+    s_dot_s = (w_s[m:] / memory.theta).astype(zeros.dtype).at[slot].set(ss_new)
     pushed = memory._replace(
         sy=memory.sy.at[:, slot].set(s_dot_y).at[slot, :].set(y_dot_s).at[slot, slot].set(sy),
         ss=memory.ss.at[:, slot].set(s_dot_s).at[slot, :].set(s_dot_s),
@@ -354,22 +367,35 @@ def _subspace_point(x, g, lower, upper, model: _Model, xcp, free, c):
     return jnp.where(hit & ascent, cut, projected)
 
 
+class _Target(NamedTuple):
+    """Where L-BFGS-B steps towards from x: `point`, (n,), and w_step = W^T (point - x),
+    (2m,), over the stored pairs (zeros when there are none), which `push_pair` needs."""
+
+    point: jax.Array
+    w_step: jax.Array
+
+
 def step_point(x, g, lower, upper, memory: Memory):
     """The point L-BFGS-B steps towards from x: the subspace minimiser (no pairs: the GCP)."""
+    return _step_target(x, g, lower, upper, memory).point
 
+
+def _step_target(x, g, lower, upper, memory: Memory) -> _Target:
     def with_pairs(x, g, lower, upper, memory):
         return _step_off_the_faces(x, g, lower, upper, memory, middle_matrix(memory))
 
     def without_pairs(x, g, lower, upper, memory):
-        return cauchy_point_no_memory(x, g, lower, upper, memory.theta)
+        point = cauchy_point_no_memory(x, g, lower, upper, memory.theta)
+        return _Target(point, jnp.zeros((2 * memory.s.shape[0],), x.dtype))
 
     has_pairs = lambda x, g, lower, upper, memory: memory.count > 0
     return _dispatch(has_pairs, with_pairs, without_pairs)(x, g, lower, upper, memory)
 
 
-def _subspace_minimiser(x, g, lower, upper, model: _Model):
+def _subspace_minimiser(x, g, lower, upper, model: _Model) -> _Target:
     xcp, free, c = _cauchy_point(x, g, lower, upper, model)
-    return _subspace_point(x, g, lower, upper, model, xcp, free, c)
+    point = _subspace_point(x, g, lower, upper, model, xcp, free, c)
+    return _Target(point, model.W @ (point - x))
 
 
 def open_capacity(n: int) -> int:
@@ -422,8 +448,9 @@ def _step_off_the_faces(x, g, lower, upper, memory: Memory, M: jax.Array):
         rows = lambda a: a.at[:, index].get(mode="fill", fill_value=0.0)
         W = jnp.concatenate([rows(memory.y), memory.theta * rows(memory.s)])
         model = _Model(W, memory.theta, M)
-        point = _subspace_minimiser(at(x), at(g), at(lower), at(upper), model)
-        return x.at[index].set(point, mode="drop")
+        # Padding slots stay at 0, so they add nothing to w_step.
+        point, w_step = _subspace_minimiser(at(x), at(g), at(lower), at(upper), model)
+        return _Target(x.at[index].set(point, mode="drop"), w_step)
 
     def everything():
         return _subspace_minimiser(x, g, lower, upper, _model(memory, M))
@@ -652,7 +679,7 @@ class Result(NamedTuple):
 
 class _Step(NamedTuple):
     """One iteration's trial: accepted (ok), the point, F, gradient, aux, step length,
-    evaluations spent, and the direction d (target - x)."""
+    evaluations spent, the direction d (target - x) and W^T d (`_Target.w_step`)."""
 
     ok: jax.Array
     x: jax.Array
@@ -662,6 +689,7 @@ class _Step(NamedTuple):
     stp: jax.Array
     evaluations: jax.Array
     d: jax.Array
+    w_d: jax.Array
 
 
 class _Carry(NamedTuple):
@@ -721,7 +749,7 @@ def minimize(
 
     def step(carry: _Carry) -> _Step:
         x, f, g = carry.x, carry.f, carry.g
-        target = step_point(x, g, lower, upper, carry.memory)
+        target, w_d = _step_target(x, g, lower, upper, carry.memory)
         d = target - x
         if maxls == 0:
             (f_new, aux_new), g_new = value_and_grad(target)
@@ -736,7 +764,7 @@ def minimize(
                 value_and_grad, x, f, g, d, target, lower, upper, carry.iterations, maxls, aux0,
                 active,
             )  # fmt: skip
-        return _Step(ok, x_new, f_new, g_new, aux_new, stp, evaluations, d)
+        return _Step(ok, x_new, f_new, g_new, aux_new, stp, evaluations, d, w_d)
 
     def no_step(carry: _Carry) -> _Step:
         _, _, _, aux = carry.best
@@ -744,6 +772,7 @@ def minimize(
         return _Step(
             jnp.zeros((), bool), carry.x, carry.f, carry.g, aux, zero,
             jnp.zeros((), jnp.int32), jnp.zeros_like(carry.x),
+            jnp.zeros((2 * memory,), dtype),
         )  # fmt: skip
 
     def body(_, carry: _Carry) -> _Carry:
@@ -751,7 +780,7 @@ def minimize(
         # Only the step is conditional (a finished lane evaluates nothing); the state update
         # below runs in every trip, so the memory's (m, n) arrays are never a cond's output
         # (which would copy them each trip).
-        ok, x_new, f_new, g_new, aux_new, stp, evaluations, d = jax.lax.cond(
+        ok, x_new, f_new, g_new, aux_new, stp, evaluations, d, w_d = jax.lax.cond(
             done, no_step, step, carry
         )
         x, f, g = carry.x, carry.f, carry.g
@@ -761,7 +790,7 @@ def minimize(
         s, y = stp * d, g_new - g
         sy = (jnp.sum(g_new * d) - gd_old) * stp
         update = ok & (sy > EPSMCH * (-gd_old * stp))
-        memory = push_pair(carry.memory, s, y, sy, jnp.sum(y * y), update)
+        memory = push_pair(carry.memory, s, y, sy, jnp.sum(y * y), update, stp * w_d)
         norm = projected_gradient_norm(x_new, g_new, lower, upper)
         scale = jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(f_new)), 1.0)
         converged = ((pgtol > 0) & (norm <= pgtol)) | (
