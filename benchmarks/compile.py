@@ -1,6 +1,16 @@
 """Compile time: lowering and compiling, timed apart, each after `jax.clear_caches()`.
 
-Programs, on the digits config's 3x512 MLP (evaluation-mode loss over the training set):
+Programs:
+
+* data as arguments against data closed over: the default full-space solve,
+  `flatmin.sharpness(flatmin.Objective(model), p, args=(batch_stats, x, y))`, against the same
+  solve of a closure over the data (`lambda q: objective(q, batch_stats, x, y)`, the form every
+  measure took before data became arguments), on the digits MLP and on F1 with 60,000 synthetic
+  MNIST-shaped examples: lower and compile seconds, the size of the lowered program, and the
+  seconds a second data set of the same shapes costs (a cache hit with arguments, a whole new
+  compile with a closure);
+
+On the digits config's 3x512 MLP (evaluation-mode loss over the training set):
 
 * the sharpness solve, `jax.jit(lambda p: flatmin.sharpness(loss, p, A, 1e-3, solver=s))`,
   for each solver with maxiter 10 and 100, in the full space and a p = 100 subspace;
@@ -16,11 +26,13 @@ and backends: `python benchmarks/compile.py [--json PATH] [--repeats N] [--quick
 
 import dataclasses
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import flatmin
@@ -29,6 +41,7 @@ from benchmarks._timing import (
     compiled,
     environment,
     format_table,
+    log,
     parse_benchmark_args,
     report,
 )
@@ -41,9 +54,6 @@ from benchmarks.sweep import (
     vmapped_epoch,
 )
 from flatmin.paper.protocol import network
-from flatmin.training.data import load_dataset
-from flatmin.training.models import init_variables
-from flatmin.training.objective import make_loss_fn
 
 EPS = 1e-3
 MAXITERS = (10, 100)
@@ -81,11 +91,12 @@ def compile_times(
 
 def sharpness_compile(hidden: Sequence[int] | None, solvers: Sequence[str], repeats: int) -> dict:
     """Compile times of the sharpness solve per space, solver and maxiter, with the ratios."""
-    data = load_dataset("digits")
+    data = flatmin.load_dataset("digits")
     model, _ = network(train_config("SB", hidden).config, data)
-    variables = init_variables(model, jax.random.key(0), data.x_train.shape[1:])
+    variables = flatmin.init_variables(model, jax.random.key(0), data.x_train.shape[1:])
     params = variables["params"]
-    loss = make_loss_fn(model, variables["batch_stats"], data.x_train, data.y_train)
+    loss = flatmin.Objective(model)
+    args = (variables["batch_stats"], jnp.asarray(data.x_train), jnp.asarray(data.y_train))
     spaces = {
         "full": None,
         f"p{SUBSPACE_DIM}": flatmin.random_subspace(jax.random.key(1), params, SUBSPACE_DIM),
@@ -98,18 +109,19 @@ def sharpness_compile(hidden: Sequence[int] | None, solvers: Sequence[str], repe
             for maxiter in MAXITERS:
                 solver = dataclasses.replace(SOLVERS[name], maxiter=maxiter)
 
-                def solve(p, A=A, solver=solver):
-                    return flatmin.sharpness(loss, p, A, EPS, solver=solver)
+                def solve(p, args, A=A, solver=solver):
+                    return flatmin.sharpness(loss, p, A, EPS, args=args, solver=solver)
 
-                per_maxiter[str(maxiter)] = compile_times(solve, params, repeats=repeats)
+                per_maxiter[str(maxiter)] = compile_times(solve, params, args, repeats=repeats)
             per_seeds = {}
             for seeds in SOLVE_SEEDS:
                 stacked = jax.tree.map(lambda leaf, s=seeds: jnp.stack([leaf] * s), params)
 
-                def solve_seeds(p, A=A, solver=SOLVERS[name]):
-                    return jax.vmap(lambda q: flatmin.sharpness(loss, q, A, EPS, solver=solver))(p)
+                def solve_seeds(p, args, A=A, solver=SOLVERS[name]):
+                    one = lambda q: flatmin.sharpness(loss, q, A, EPS, args=args, solver=solver)
+                    return jax.vmap(one)(p)
 
-                per_seeds[str(seeds)] = compile_times(solve_seeds, stacked, repeats=repeats)
+                per_seeds[str(seeds)] = compile_times(solve_seeds, stacked, args, repeats=repeats)
             low, high = (per_maxiter[str(m)] for m in (MAXITERS[0], MAXITERS[-1]))
             one, many = (per_seeds[str(s)] for s in (SOLVE_SEEDS[0], SOLVE_SEEDS[-1]))
             results[space][name] = {
@@ -122,9 +134,79 @@ def sharpness_compile(hidden: Sequence[int] | None, solvers: Sequence[str], repe
     return results
 
 
+# The data-as-arguments comparison: (examples, model) per problem; --quick: fewer examples.
+DATA_PROBLEMS = {"digits-mlp": (None, "mlp"), "f1-synthetic-60k": (60_000, "f1")}
+QUICK_DATA_EXAMPLES = 2_000
+
+
+def synthetic_mnist(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n synthetic MNIST-shaped examples: images uniform on [0, 1] (n, 28, 28, 1) float32 and
+    labels in [0, 10), for timing only."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    return x, rng.integers(0, 10, n).astype(np.int32)
+
+
+def data_compile(quick: bool, repeats: int) -> dict:
+    """The default full-space solve with the data as arguments against closed over: lower and
+    compile seconds (medians), the lowered program's size (StableHLO text, characters), and
+    the seconds a second data set of the same shapes takes end to end through `jax.jit`."""
+    results = {}
+    for name, (examples, network_name) in DATA_PROBLEMS.items():
+        if examples is None:
+            data = flatmin.load_dataset("digits")
+            x, y = data.x_train, data.y_train
+            hidden = QUICK_HIDDEN if quick else (512, 512, 512)
+            model = flatmin.build_model("mlp", 10, hidden=hidden)
+        else:
+            x, y = synthetic_mnist(QUICK_DATA_EXAMPLES if quick else examples)
+            model = flatmin.build_model(network_name, 10)
+        variables = flatmin.init_variables(model, jax.random.key(0), x.shape[1:])
+        params, stats = variables["params"], variables["batch_stats"]
+        objective = flatmin.Objective(model)
+        log(f"data as arguments, {name} ({x.shape[0]} examples): compiling both forms")
+
+        def with_args(p, stats, x, y, objective=objective):
+            return flatmin.sharpness(objective, p, args=(stats, x, y))
+
+        def closure_over(stats, x, y, objective=objective):
+            # A fresh closure per data set, as a loss function closing over its data is.
+            return lambda p: flatmin.sharpness(lambda q: objective(q, stats, x, y), p)
+
+        x2, y2 = np.ascontiguousarray(x[::-1]), np.ascontiguousarray(y[::-1])
+        forms = {
+            "arguments": (with_args, (params, stats, x, y), (params, stats, x2, y2)),
+            "closure": (closure_over(stats, x, y), (params,), None),
+        }
+        entry = {"examples": int(x.shape[0])}
+        for form, (fn, first_args, _) in forms.items():
+            times = compile_times(fn, *first_args, repeats=repeats)
+            jax.clear_caches()
+            text = jax.jit(fn).lower(*first_args).as_text()
+            entry[form] = times | {"program_chars": len(text)}
+            log(f"  {form}: lower {times['lower_s']:.3g} s, compile {times['compile_s']:.3g} s, "
+                f"{len(text):,} characters")  # fmt: skip
+        # A second data set of the same shapes, end to end: the jitted solve called on it.
+        jax.clear_caches()
+        jitted = jax.jit(with_args)
+        jax.block_until_ready(jitted(*forms["arguments"][1]))
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(*forms["arguments"][2]))
+        entry["arguments"]["second_data_set_s"] = time.perf_counter() - start
+        jax.clear_caches()
+        jax.block_until_ready(jax.jit(closure_over(stats, x, y))(params))
+        start = time.perf_counter()
+        jax.block_until_ready(jax.jit(closure_over(stats, x2, y2))(params))
+        entry["closure"]["second_data_set_s"] = time.perf_counter() - start
+        log(f"  second data set: {entry['arguments']['second_data_set_s']:.3g} s with "
+            f"arguments, {entry['closure']['second_data_set_s']:.3g} s closed over")  # fmt: skip
+        results[name] = entry
+    return results
+
+
 def epoch_compile(hidden: Sequence[int] | None, seeds: Sequence[int], repeats: int) -> dict:
     """Compile times of the training epoch per regime and S, and of the sharded epoch."""
-    data = load_dataset("digits")
+    data = flatmin.load_dataset("digits")
     devices = jax.devices()
     results: dict[str, Any] = {"epoch": {}, "sharded": {}}
     for regime in REGIMES:
@@ -155,6 +237,7 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
     hidden = QUICK_HIDDEN if quick else None
     seeds = QUICK_EPOCH_SEEDS if quick else EPOCH_SEEDS
     solvers = QUICK_SOLVERS if quick else SOLVERS
+    data = data_compile(quick, repeats)
     sharpness = sharpness_compile(hidden, solvers, repeats)
     epochs = epoch_compile(hidden, seeds, repeats)
     return {
@@ -166,14 +249,13 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
             "dataset": "digits",
             "eps": EPS,
             "maxiters": list(MAXITERS),
-            "solvers": {
-                name: flatmin.measures.solvers.solver_to_json(SOLVERS[name]) for name in solvers
-            },
+            "solvers": {name: flatmin.solver_to_json(SOLVERS[name]) for name in solvers},
             "solve_seeds": list(SOLVE_SEEDS),
             "subspace_dim": SUBSPACE_DIM,
             "epoch_seeds": list(seeds),
             "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
         },
+        "data_as_arguments": data,
         "sharpness": sharpness,
         **epochs,
     }
@@ -213,8 +295,19 @@ def tables(results: dict) -> str:
                 | {key: entry[key] for key in ("lower_s", "compile_s")}
                 | {"S": entry["seeds"]}
             )
+    data_rows = [
+        {"problem": name, "form": form, "examples": entry["examples"]}
+        | {
+            k: entry[form][k]
+            for k in ("lower_s", "compile_s", "program_chars", "second_data_set_s")
+        }
+        for name, entry in results["data_as_arguments"].items()
+        for form in ("arguments", "closure")
+    ]
     return "\n\n".join(
         [
+            "Default solve, data as arguments or closed over: seconds (medians), program size",
+            format_table(list(data_rows[0]), data_rows),
             f"Sharpness solve: lower / compile seconds (medians), ratios = maxiter {high} / {low}"
             f" and vmapped over S = {SOLVE_SEEDS[-1]} / {SOLVE_SEEDS[0]} seeds",
             format_table(list(rows[0]), rows),

@@ -3,17 +3,17 @@
     python benchmarks/sharpness.py [--json PATH] [--repeats N] [--quick]
 
 Problems: the digits MLP (3x512, batch norm) and F1 (784-512x5-10) on synthetic MNIST-shaped
-data, each trained for SEEDS seeds with `flatmin.train_seeds`; f is `flatmin.make_loss_fn`
-(evaluation mode, the whole training set). Spaces: the full space and a p = 100 Gaussian
-subspace. eps = 1e-3, maxiter 10. Timed interleaved, repeat by repeat (ratios are medians of
-per-repeat ratios):
+data, each trained for SEEDS seeds with `flatmin.train_seeds`; f is `flatmin.Objective`
+(evaluation mode, the whole training set) with the data and statistics as arguments. Spaces:
+the full space and a p = 100 Gaussian subspace. eps = 1e-3, maxiter 10. Timed interleaved,
+repeat by repeat (ratios are medians of per-repeat ratios):
 
 * floor: (maxiter + 1) value-and-gradient calls of f, each run to completion; "floor in y" the
   same of y -> f(x + A y), which prices a subspace's (n, p) products too;
 * box: `flatmin.box_radius` (A^+ x);
-* scipy: `flatmin.measures.reference.scipy_sharpness`, the authors' route (fmin_l_bfgs_b from y = 0,
+* scipy: `flatmin.reference.scipy_sharpness`, the authors' route (fmin_l_bfgs_b from y = 0,
   defaults, maxiter 10), its box computed beforehand and added;
-* each solver of SOLVERS through `flatmin.solve_sharpness(..., init="zero")` (scipy's start),
+* each solver of SOLVERS, started at y = 0 (scipy's start), through `flatmin.solve_sharpness`,
   its evaluations as the result reports them (tests/test_solvers.py checks those counts
   against a host callback).
 
@@ -21,6 +21,7 @@ Then, full space: SEEDS seeds vmapped through `flatmin.seed_sharpness` against t
 one after another (`seeds_per_solve=1`), and L-BFGS-B restarts solved at once.
 """
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +45,7 @@ from benchmarks._timing import (
     report,
     timed_together,
 )
-from flatmin.measures.reference import scipy_sharpness
-from flatmin.measures.solvers import solver_to_json
+from flatmin.reference import scipy_sharpness
 
 EPS = 1e-3
 MAXITER = 10
@@ -68,7 +68,8 @@ class Problem(NamedTuple):
     variables: dict  # stacked over seeds
     x: jax.Array
     y: jax.Array
-    loss: Callable[[Any], jax.Array]
+    loss: flatmin.Objective
+    args: tuple  # seed 0's (batch_stats, x, y)
     params: Any
     sizes: dict
 
@@ -83,7 +84,7 @@ def _problem(name: str, data: flatmin.Dataset, hidden, batch: int, epochs: int, 
     seconds = time.perf_counter() - start
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     first = jax.tree.map(lambda leaf: leaf[0], trained.variables)
-    loss = flatmin.make_loss_fn(model, first["batch_stats"], x, y)
+    loss = flatmin.Objective(model)
     sizes = {
         "architecture": f"{int(np.prod(x.shape[1:]))}-{'-'.join(map(str, hidden))}-10",
         "n_params": int(ravel_pytree(first["params"])[0].size),
@@ -94,7 +95,8 @@ def _problem(name: str, data: flatmin.Dataset, hidden, batch: int, epochs: int, 
         },
         "final_train_loss": [float(v) for v in trained.history.train_loss[:, -1]],
     }  # fmt: skip
-    return Problem(name, model, trained.variables, x, y, loss, first["params"], sizes)
+    args = (first["batch_stats"], x, y)
+    return Problem(name, model, trained.variables, x, y, loss, args, first["params"], sizes)
 
 
 def digits_problem(hidden: Sequence[int], epochs: int, seeds: int) -> Problem:
@@ -117,12 +119,11 @@ def synthetic_f1_problem(n_examples: int, epochs: int, seeds: int) -> Problem:
 
 
 def _solve_fn(problem: Problem, solver, restarts: int = 1, init: str = "zero") -> Callable:
-    """(params, A) -> SharpnessResult without y, through the public API."""
+    """(params, A, args) -> SharpnessResult without y, through the public API."""
+    solver = dataclasses.replace(solver, restarts=restarts, init=init)
 
-    def fn(params, A):
-        result = flatmin.solve_sharpness(
-            problem.loss, params, A, EPS, solver=solver, restarts=restarts, init=init
-        )
+    def fn(params, A, args):
+        result = flatmin.solve_sharpness(problem.loss, params, A, EPS, args=args, solver=solver)
         return result._replace(y=None)
 
     return fn
@@ -144,23 +145,28 @@ def bench_space(problem: Problem, A: jax.Array | None, repeats: int) -> dict:
     x, unravel = ravel_pytree(params)
     label = "full space" if A is None else f"p = {A.shape[1]}"
     log(f"{problem.name}, {label}: compiling")
-    value_and_grad, vg_compile = compiled(jax.value_and_grad(problem.loss), params)
+    args = problem.args
+    value_and_grad, vg_compile = compiled(jax.value_and_grad(problem.loss), params, *args)
     y0 = jnp.zeros(x.shape if A is None else A.shape[1:], x.dtype)
 
-    def f_of_y(yv, A):
-        return problem.loss(unravel(x + (yv if A is None else A @ yv)))
+    def f_of_y(yv, A, *args):
+        return problem.loss(unravel(x + (yv if A is None else A @ yv)), *args)
 
-    vg_in_y, _ = compiled(jax.value_and_grad(f_of_y), y0, A)
+    vg_in_y, _ = compiled(jax.value_and_grad(f_of_y), y0, A, *args)
     box, box_compile = compiled(lambda p, A: flatmin.box_radius(p, A, EPS), params, A)
-    solves = {name: compiled(_solve_fn(problem, s), params, A) for name, s in SOLVERS.items()}
-    reference = scipy_sharpness(problem.loss, params, A, EPS, maxiter=MAXITER)  # compiles too
+    solves = {name: compiled(_solve_fn(problem, s), params, A, args) for name, s in SOLVERS.items()}
+
+    def scipy_route():
+        return scipy_sharpness(problem.loss, params, A, EPS, args=args, maxiter=MAXITER)
+
+    reference = scipy_route()  # compiles too
     calls = {
-        "floor": (_evaluations(lambda: value_and_grad(params), MAXITER + 1), ()),
-        "floor_in_y": (_evaluations(lambda: vg_in_y(y0, A), MAXITER + 1), ()),
+        "floor": (_evaluations(lambda: value_and_grad(params, *args), MAXITER + 1), ()),
+        "floor_in_y": (_evaluations(lambda: vg_in_y(y0, A, *args), MAXITER + 1), ()),
         "box": (box, (params, A)),
         # scipy_sharpness computes the box itself: speedups compare whole solves.
-        "scipy": (lambda: scipy_sharpness(problem.loss, params, A, EPS, maxiter=MAXITER), ()),
-        **{name: (fn, (params, A)) for name, (fn, _) in solves.items()},
+        "scipy": (scipy_route, ()),
+        **{name: (fn, (params, A, args)) for name, (fn, _) in solves.items()},
     }
     log(f"  timing {', '.join(calls)} interleaved, {repeats} repeats")
     t = timed_together(calls, repeats=repeats)
@@ -174,10 +180,10 @@ def bench_space(problem: Problem, A: jax.Array | None, repeats: int) -> dict:
         "solvers": {},
     }
     for name, (fn, compile_times) in solves.items():
-        result = fn(params, A)
+        result = fn(params, A, args)
         s = t[name]
         out["solvers"][name] = {
-            "solver": solver_to_json(SOLVERS[name]),
+            "solver": flatmin.solver_to_json(SOLVERS[name]),
             "run": s,
             **compile_times,
             "value": float(result.value),
@@ -229,10 +235,11 @@ def bench_restarts(problem: Problem, A, restarts: Sequence[int], repeats: int) -
     calls, out = {}, {}
     for R in restarts:
         fn, compile_times = compiled(
-            _solve_fn(problem, SOLVERS["lbfgsb"], restarts=R, init="random"), problem.params, A
-        )
-        calls[str(R)] = (fn, (problem.params, A))
-        out[str(R)] = {**compile_times, "value": float(fn(problem.params, A).value)}
+            _solve_fn(problem, SOLVERS["lbfgsb"], restarts=R, init="random"),
+            problem.params, A, problem.args,
+        )  # fmt: skip
+        calls[str(R)] = (fn, (problem.params, A, problem.args))
+        out[str(R)] = {**compile_times, "value": float(fn(problem.params, A, problem.args).value)}
     times = timed_together(calls, repeats=repeats)
     for R, entry in out.items():
         entry["run"] = times[R]
@@ -262,7 +269,7 @@ def run(quick: bool = False, repeats: int = 5) -> dict:
             "eps": EPS,
             "maxiter": MAXITER,
             "subspace": {"p": SUBSPACE_DIM, "distribution": "gaussian", "normalize": False},
-            "solvers": {name: solver_to_json(s) for name, s in SOLVERS.items()},
+            "solvers": {name: flatmin.solver_to_json(s) for name, s in SOLVERS.items()},
             "seeds": seeds,
             "restarts": list(restarts),
             "repeats": repeats,

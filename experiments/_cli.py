@@ -32,15 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm.auto import tqdm
 
-from flatmin.measures.solvers import ProjectedGradient
-from flatmin.paper.configs import (
-    CONFIGS,
-    MAXIMISER_ROUTE,
-    PAPER_ROUTE,
-    PROTOCOLS,
-    ExperimentConfig,
-    Route,
-)
+from flatmin.paper.configs import CONFIGS, PROTOCOLS, ROUTES, ExperimentConfig
 from flatmin.paper.protocol import load_config_data
 from flatmin.runtime.checkpoint import CheckpointError, RunDirectory, write_json
 from flatmin.runtime.sharding import initialize_distributed, is_writer
@@ -50,13 +42,6 @@ from flatmin.training.train import EpochMetrics
 
 SB_COLOR, LB_COLOR = "tab:blue", "tab:red"
 REGIME_COLORS = ("tab:blue", "tab:orange", "tab:red", "tab:purple")
-
-# --routes NAME,...: the ways of solving Metric 2.1 a flag can name.
-ROUTES = {
-    "paper": PAPER_ROUTE,
-    "maximiser": MAXIMISER_ROUTE,
-    "projected-gradient": Route(ProjectedGradient(), init="random", restarts=4),
-}
 
 
 def base_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -155,10 +140,8 @@ def build_config(args: argparse.Namespace, **overrides: Any) -> ExperimentConfig
         if args.maxiter is not None:
             try:
                 routes = {
-                    name: dataclasses.replace(
-                        route, solver=dataclasses.replace(route.solver, maxiter=args.maxiter)
-                    )
-                    for name, route in routes.items()
+                    name: dataclasses.replace(solver, maxiter=args.maxiter)
+                    for name, solver in routes.items()
                 }
             except ValueError as error:
                 sys.exit(f"error: --maxiter: {error}")

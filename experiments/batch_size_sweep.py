@@ -12,7 +12,7 @@ the config's (digits: 16, 64, 256 and 1437 for 50 epochs).
 import matplotlib.pyplot as plt
 
 from experiments import _cli as cli
-from flatmin.paper.figures import run_batch_size_sweep
+from flatmin.paper.batch_size import run_batch_size_sweep
 
 
 def main(argv: list[str] | None = None) -> dict:

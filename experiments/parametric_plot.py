@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import _cli as cli
-from flatmin.paper.figures import METRICS, run_parametric_plot
+from flatmin.paper.landscape import METRICS, run_parametric_plot
 
 __all__ = ["METRICS", "main", "plot"]
 

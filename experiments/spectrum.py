@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import _cli as cli
-from flatmin.paper.figures import mean_std, run_spectrum
+from flatmin.paper.spectrum import run_spectrum
+from flatmin.paper.summary import mean_std
 from flatmin.runtime.checkpoint import write_text
 
 

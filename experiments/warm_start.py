@@ -14,7 +14,7 @@ import numpy as np
 
 from experiments import _cli as cli
 from flatmin.paper.configs import CONFIGS
-from flatmin.paper.figures import run_warm_start
+from flatmin.paper.warm_start import run_warm_start
 
 
 def main(argv: list[str] | None = None) -> dict:

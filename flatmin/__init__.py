@@ -1,25 +1,39 @@
 """flatmin: how sharp or flat are the minima that training finds? (Keskar et al., ICLR 2017).
 
-The science API is here; the layers live in subpackages, imports flowing one way:
-`flatmin.paper` (configs, protocols, tables) -> `flatmin.training` (data, networks, training)
--> `flatmin.measures` (pure functions of a loss and a pytree); `flatmin.runtime` holds the
-plumbing (sharding, checkpoints, atomic writes).
+The science API is here: the measures (pure functions of `loss_fn(params, *args)` and a params
+pytree) and training (data, networks, the objective, many seeds at once). The layers live in
+subpackages, imports flowing one way: `flatmin.paper` (the paper's configs, protocols and
+tables: `import flatmin.paper`) -> `flatmin.training` -> `flatmin.measures`; `flatmin.runtime`
+holds the plumbing (sharding, checkpoints, atomic writes) and `flatmin.reference` scipy's
+host-side route, the oracle of the paper's solve.
 """
 
 from importlib.metadata import version
 
 from flatmin.measures import (
+    APGD,
     LBFGSB,
     AverageCaseSharpness,
+    Ball,
+    Box,
     HessianDensity,
+    HessianEigenvalues,
+    Landscape,
+    LossFn,
+    Maximum,
     NoiseFloor,
     PacBayesSigma,
     ProjectedGradient,
+    PyTree,
+    Restricted,
     SharpnessResult,
+    Solver,
+    Status,
     TraceEstimate,
     WorstCaseSharpness,
     average_case_sharpness,
     box_radius,
+    describe,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
@@ -33,14 +47,17 @@ from flatmin.measures import (
     restrict,
     sharpness,
     solve_sharpness,
+    solver_to_json,
     split_params,
     worst_case_sharpness,
 )
-from flatmin.paper import CONFIGS, ExperimentConfig, Regime, Route, run_sharpness_table
 from flatmin.training import (
+    DATASETS,
     MODELS,
     Dataset,
     DatasetNotFoundError,
+    EpochMetrics,
+    Objective,
     Schedule,
     TrainResult,
     batch_norm_statistics,
@@ -48,8 +65,8 @@ from flatmin.training import (
     evaluate,
     init_variables,
     load_dataset,
-    make_loss_fn,
     seed_gradients,
+    seed_measure,
     seed_sharpness,
     train_seeds,
 )
@@ -57,21 +74,31 @@ from flatmin.training import (
 __version__ = version("flatmin")
 
 __all__ = [
-    "CONFIGS",
+    "APGD",
+    "DATASETS",
     "LBFGSB",
     "MODELS",
     "AverageCaseSharpness",
+    "Ball",
+    "Box",
     "Dataset",
     "DatasetNotFoundError",
-    "ExperimentConfig",
+    "EpochMetrics",
     "HessianDensity",
+    "HessianEigenvalues",
+    "Landscape",
+    "LossFn",
+    "Maximum",
     "NoiseFloor",
+    "Objective",
     "PacBayesSigma",
     "ProjectedGradient",
-    "Regime",
-    "Route",
+    "PyTree",
+    "Restricted",
     "Schedule",
     "SharpnessResult",
+    "Solver",
+    "Status",
     "TraceEstimate",
     "TrainResult",
     "WorstCaseSharpness",
@@ -79,6 +106,7 @@ __all__ = [
     "batch_norm_statistics",
     "box_radius",
     "build_model",
+    "describe",
     "evaluate",
     "hessian_density",
     "hessian_eigenvalues",
@@ -88,17 +116,17 @@ __all__ = [
     "interpolate",
     "interpolate_curved",
     "load_dataset",
-    "make_loss_fn",
     "merge_params",
     "noise_floor",
     "pac_bayes_sigma",
     "random_subspace",
     "restrict",
-    "run_sharpness_table",
     "seed_gradients",
+    "seed_measure",
     "seed_sharpness",
     "sharpness",
     "solve_sharpness",
+    "solver_to_json",
     "split_params",
     "train_seeds",
     "worst_case_sharpness",

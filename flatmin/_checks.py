@@ -278,12 +278,60 @@ def check_finite_array(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be finite, but it holds NaN or infinite values")
 
 
-def check_loss_and_params(loss_fn: Callable[[Any], jax.Array], params: Any) -> int:
-    """Validates `loss_fn` and `params` from their shapes alone (no loss is computed); returns n,
-    the number of parameters. Raises ValueError naming the argument."""
+def trace_shape(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """`jax.eval_shape(fn, *args)`: the output's shapes and dtypes, nothing computed; a
+    function JAX cannot trace, or cannot call with these arguments, raises a ValueError that
+    names it and says what to change.
+
+    Raises:
+      ValueError: ``"{name} must be traceable by JAX ..."`` or ``"{name} could not be called
+        ..."``, chained to JAX's or Python's own error.
+    """
+    try:
+        return jax.eval_shape(fn, *args)
+    except jax.errors.JAXTypeError as error:
+        raise ValueError(
+            f"{name} must be traceable by JAX: it turns a traced array into a Python or NumPy "
+            "value (float(), int(), bool(), `if` on an array, np.asarray ...), which the "
+            "compiled measures cannot do. Use jax.numpy functions, jnp.where or jax.lax.cond "
+            f"instead. JAX said: {type(error).__name__}: {str(error).splitlines()[0]}"
+        ) from error
+    except TypeError as error:
+        raise ValueError(
+            f"{name} could not be called as {name}(params, *args) with {len(args) - 1} further "
+            f"argument(s) in args: {error}"
+        ) from error
+
+
+def check_args(args: Any) -> tuple:
+    """The loss function's further arguments as a tuple: `args` must be a tuple or a list.
+
+    Raises:
+      ValueError: ``"args must be a tuple of loss_fn's further arguments ..."``.
+    """
+    if not isinstance(args, tuple | list):
+        raise ValueError(
+            "args must be a tuple of loss_fn's further arguments (loss_fn(params, *args)), "
+            f"e.g. args=(batch_stats, x, y); got {type(args).__name__}"
+        )
+    return tuple(args)
+
+
+def check_loss_and_params(loss_fn: Callable[..., jax.Array], params: Any, args: tuple = ()) -> int:
+    """Validates `loss_fn(params, *args)` from shapes alone (no loss is computed); returns n,
+    the number of parameters. A loss_fn with a `validate(params, *args)` method (as
+    `flatmin.Objective` has) checks its arguments' values there first, with its own messages.
+
+    Raises:
+      ValueError: naming the argument.
+    """
     check_callable("loss_fn", loss_fn)
     n = check_floating_pytree("params", params)
-    out = jax.eval_shape(loss_fn, params)
+    args = check_args(args)
+    validate = getattr(loss_fn, "validate", None)
+    if callable(validate):
+        validate(params, *args)
+    out = trace_shape("loss_fn", loss_fn, params, *args)
     if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
         raise ValueError(
             f"loss_fn must return a floating scalar, got {getattr(out, 'shape', out)} "

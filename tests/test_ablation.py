@@ -11,13 +11,14 @@ import pytest
 
 import flatmin
 from experiments import metric_ablation
-from flatmin.measures.reference import scipy_sharpness
+from flatmin.paper import ablation
 from flatmin.paper.ablation import Cell, default_cells, run_metric_ablation, select_cells
-from flatmin.paper.configs import CONFIGS, MAXIMISER_ROUTE, PAPER_ROUTE, Regime
+from flatmin.paper.configs import CONFIGS, ROUTES, Regime
 from flatmin.paper.keys import seed_keys, solve_key, subspace_key
 from flatmin.paper.protocol import network, train_regime
+from flatmin.reference import scipy_sharpness
 from flatmin.training.data import load_dataset
-from flatmin.training.objective import make_loss_fn
+from flatmin.training.objective import Objective
 
 TINY = dataclasses.replace(
     CONFIGS["digits"],
@@ -57,7 +58,7 @@ def test_rows_equal_direct_solves_of_their_cells(digits):
     }
     for row in rows:
         v = jax.tree.map(lambda leaf, s=row["seed"]: leaf[s], trained[row["regime"]])
-        loss_fn = make_loss_fn(model, v["batch_stats"], x, y, bn=row["bn"])
+        loss_fn, args = Objective(model, row["bn"]), (v["batch_stats"], x, y)
         A = None
         if row["subspace"] != "full":
             distribution, normalize = row["subspace"].split("-")[0], "normalized" in row["subspace"]
@@ -66,17 +67,16 @@ def test_rows_equal_direct_solves_of_their_cells(digits):
                 distribution=distribution, normalize=normalize,
             )  # fmt: skip
         if row["route"] == "scipy":
-            expected = scipy_sharpness(loss_fn, v["params"], A, row["eps"])
+            expected = scipy_sharpness(loss_fn, v["params"], A, row["eps"], args=args)
             np.testing.assert_allclose(row["value"], expected.value, rtol=1e-4)
             assert row["num_steps"] == expected.num_steps
         else:
-            route = PAPER_ROUTE if row["route"] == "paper" else MAXIMISER_ROUTE
             expected = flatmin.sharpness(
-                loss_fn, v["params"], A, row["eps"], solver=route.solver, key=solve_key(key),
-                restarts=route.restarts, init=route.init,
+                loss_fn, v["params"], A, row["eps"], args=args, solver=ROUTES[row["route"]],
+                key=solve_key(key),
             )  # fmt: skip
             np.testing.assert_allclose(row["value"], float(expected), rtol=1e-3)
-        loss, grad = jax.value_and_grad(loss_fn)(v["params"])
+        loss, grad = jax.value_and_grad(loss_fn)(v["params"], *args)
         flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grad)])
         np.testing.assert_allclose(row["train_loss"], float(loss), rtol=1e-5)
         np.testing.assert_allclose(row["grad_inf_norm"], np.max(np.abs(flat)), rtol=1e-4)
@@ -85,6 +85,9 @@ def test_rows_equal_direct_solves_of_their_cells(digits):
 
 
 def test_the_design_and_its_selection():
+    # Every device route of the configs, and scipy's own; the design takes three of them.
+    assert ablation.ROUTES == ("paper", "maximiser", "projected-gradient", "scipy")
+    assert ablation.DEFAULT_ROUTES == ("paper", "scipy", "maximiser")
     cells = default_cells((1e-3, 5e-4))
     assert len(cells["paper"]) == 3 * 2 * 2 * 2 + 2 * 3
     assert len(cells["equal-loss"]) == 3 * 2

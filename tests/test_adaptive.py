@@ -21,7 +21,7 @@ from oracles import U32, flat64, halfwidths, phi, spacing32
 from quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 import flatmin
-from flatmin.measures.adaptive import (
+from flatmin.measures import (
     AverageCaseSharpness,
     PacBayesSigma,
     WorstCaseSharpness,
@@ -79,7 +79,7 @@ def test_worst_case_of_a_linear_loss_is_the_dual_norm(norm, adaptive, xi):
     # 5e-4 after the default 20 steps, 3e-7 after 40).
     steps = 20 if norm == "inf" else 40
     result = worst_case_sharpness(
-        loss, params, rho, norm=norm, adaptive=adaptive, xi=xi, steps=steps
+        loss, params, rho, norm=norm, adaptive=adaptive, xi=xi, solver=flatmin.APGD(maxiter=steps)
     )
     assert isinstance(result, WorstCaseSharpness)
     c = _scale(w, adaptive, xi)
@@ -106,9 +106,11 @@ def _assert_inside(delta: np.ndarray, c: np.ndarray, rho: float, norm) -> None:
 
 def test_worst_case_history_is_the_best_so_far():
     loss, params, _, _ = _linear_problem(1)
-    result = worst_case_sharpness(loss, params, 0.05, norm=2, steps=12, restarts=3)
+    solver = flatmin.APGD(maxiter=12, restarts=3)
+    result = worst_case_sharpness(loss, params, 0.05, norm=2, solver=solver)
     history = np.asarray(result.history)
     assert history.shape == (12,) and int(result.num_steps) == 12
+    assert int(result.num_evaluations) == 13 and int(result.status) == flatmin.Status.FINISHED
     assert np.all(history >= 0) and np.all(np.diff(history) >= 0)
     np.testing.assert_allclose(history[-1], result.value, rtol=1e-5)
 
@@ -126,7 +128,9 @@ def test_worst_case_l2_of_a_convex_quadratic_is_its_top_eigenvalue(adaptive):
     w = flat64(params)
     c = _scale(w, adaptive)
     exact = rho**2 / 2 * np.linalg.eigvalsh(c[:, None] * h32(H) * c[None, :])[-1]
-    result = worst_case_sharpness(loss, params, rho, norm=2, adaptive=adaptive, steps=60)
+    result = worst_case_sharpness(
+        loss, params, rho, norm=2, adaptive=adaptive, solver=flatmin.APGD(maxiter=60)
+    )
     delta = flat64(result.delta)
     slack = _quadratic_slack(h32(H), w, delta, c0 + exact)
     assert float(result.value) <= exact + slack, (float(result.value), exact, slack)
@@ -156,6 +160,9 @@ def test_worst_case_with_xi_1_is_keskars_inner_maximum():
     keskar = float(flatmin.sharpness(loss, params, eps=eps))
     assert keskar <= phi(c0 + exact, c0) + 100 * slack / (1 + c0)
     np.testing.assert_allclose(keskar * (1 + float(result.loss)) / 100, result.value, rtol=5e-3)
+    # One harness: the same maximum by Metric 2.1's own solver, through worst_case_sharpness.
+    by_lbfgsb = worst_case_sharpness(loss, params, eps, norm="inf", xi=1.0, solver=flatmin.LBFGSB())
+    assert abs(float(by_lbfgsb.value) - exact) <= max(slack, 5e-3 * exact)
 
 
 def test_worst_case_at_a_maximum_is_zero_at_delta_zero():
@@ -163,7 +170,7 @@ def test_worst_case_at_a_maximum_is_zero_at_delta_zero():
     rng = np.random.default_rng(3)
     params = nested(_normal(rng))
     loss = separable(jax.tree.map(lambda p: -jnp.ones_like(p), params), params, 1.0)
-    result = worst_case_sharpness(loss, params, 0.1, restarts=2)
+    result = worst_case_sharpness(loss, params, 0.1, solver=flatmin.APGD(restarts=2))
     assert float(result.value) == 0.0 and float(result.max_loss) == float(result.loss) == 1.0
     assert np.all(flat64(result.delta) == 0) and np.all(np.asarray(result.history) == 0)
 
@@ -362,8 +369,10 @@ _SEEDS = [nested(_normal(np.random.default_rng(seed), 0.5)) for seed in (12, 13,
 # At its minimiser only the random start decides where the worst-case ascent goes.
 _CENTRED = quadratic(rotated(np.linspace(0.5, 5.0, N), np.random.default_rng(15)), _SEEDS[0], 0.1)
 _MEASURES = {
-    "worst_inf": lambda f, p, key=None: worst_case_sharpness(f, p, 0.05, key=key, steps=3),
-    "worst_l2": lambda f, p, key=None: worst_case_sharpness(f, p, 0.05, norm=2, key=key, steps=3),
+    "worst_inf": lambda f, p, key=None: worst_case_sharpness(f, p, 0.05, key=key, solver=_APGD3),
+    "worst_l2": lambda f, p, key=None: worst_case_sharpness(
+        f, p, 0.05, norm=2, key=key, solver=_APGD3
+    ),
     "average": lambda f, p, key=None: average_case_sharpness(f, p, 0.05, num_samples=8, key=key),
     "pac_bayes": lambda f, p, key=None: pac_bayes_sigma(
         f, p, 0.05, num_samples=8, steps=12, key=key
@@ -405,6 +414,7 @@ def test_same_key_same_value_other_key_other_value(name):
 # Validation ---------------------------------------------------------------------------------
 
 _P = {"w": jnp.ones((2, 3), jnp.float32), "b": jnp.ones(2, jnp.float32)}
+_APGD3 = flatmin.APGD(maxiter=3)
 _F = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
 _WORST = lambda **kw: worst_case_sharpness(_F, _P, kw.pop("rho", 0.1), **kw)
 _AVERAGE = lambda **kw: average_case_sharpness(_F, _P, kw.pop("sigma", 0.1), **kw)
@@ -423,10 +433,9 @@ _PAC = lambda **kw: pac_bayes_sigma(_F, _P, kw.pop("target", 0.1), **kw)
         (lambda: _WORST(norm=True), "norm"),
         (lambda: _WORST(xi=-1.0), "xi"),
         (lambda: _WORST(adaptive=1), "adaptive"),
-        (lambda: _WORST(steps=0), "steps"),
-        (lambda: _WORST(steps=True), "steps"),
-        (lambda: _WORST(steps=2.0), "steps"),
-        (lambda: _WORST(restarts=0), "restarts"),
+        (lambda: _WORST(solver="apgd"), "solver"),
+        (lambda: _WORST(args=3.0), "args"),
+        (lambda: _AVERAGE(args=(jnp.ones(2),)), "loss_fn"),
         (lambda: _AVERAGE(distribution="laplace"), "distribution"),
         (lambda: _AVERAGE(num_samples=1), "num_samples"),
         (lambda: _AVERAGE(num_samples=True), "num_samples"),
@@ -455,7 +464,10 @@ def test_non_finite_loss_gives_nan_eagerly_and_under_jit():
     """The policy flatmin.sharpness follows too: a NaN figure, never an exception, so one
     diverged seed in a vmapped batch does not stop the others."""
     loss = lambda p: jnp.log(-_F(p))
-    assert math.isnan(float(worst_case_sharpness(loss, _P, 0.1).value))
+    result = worst_case_sharpness(loss, _P, 0.1)
+    assert math.isnan(float(result.value)) and int(result.status) == flatmin.Status.DIVERGED
+    average = average_case_sharpness(loss, _P, 0.1)
+    assert math.isnan(float(average.value)) and int(average.status) == flatmin.Status.DIVERGED
     assert math.isnan(float(jax.jit(lambda p: worst_case_sharpness(loss, p, 0.1).value)(_P)))
     # A diverged seed's parameters (NaN) are no bad argument either: its figure is NaN.
     nan_params = {"w": jnp.full(3, jnp.nan), "b": _P["b"]}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from flatmin._checks import (
+    check_args,
     check_callable,
     check_finite_array,
     check_float,
@@ -22,6 +23,7 @@ from flatmin._checks import (
     check_optional_float,
     check_optional_int,
     is_concrete,
+    trace_shape,
 )
 
 # check_int ----------------------------------------------------------------------------------
@@ -209,6 +211,55 @@ def test_check_loss_and_params():
         check_loss_and_params(lambda p: jnp.sum(p["w"]).astype(jnp.int32), params)
     with pytest.raises(ValueError, match=r"^params must contain at least one array"):
         check_loss_and_params(lambda p: 0.0, {})
+
+
+def test_check_loss_and_params_with_args():
+    """loss_fn(params, *args): the args are part of the call traced; a list is taken as a
+    tuple, anything else refused, and a loss_fn's own `validate(params, *args)` runs first."""
+    params = {"w": jnp.ones((2, 2))}
+    loss = lambda p, scale, shift: scale * jnp.sum(p["w"]) + shift
+    args = (jnp.float32(2.0), jnp.float32(1.0))
+    assert check_loss_and_params(loss, params, args) == 4
+    assert check_loss_and_params(loss, params, list(args)) == 4
+    with pytest.raises(ValueError, match=r"^args must be a tuple of loss_fn's further arguments"):
+        check_loss_and_params(loss, params, jnp.ones(2))
+    with pytest.raises(ValueError, match=r"^loss_fn could not be called .* 1 further argument"):
+        check_loss_and_params(loss, params, args[:1])
+    with pytest.raises(ValueError, match=r"^loss_fn must return a floating scalar, got \(2,\)"):
+        check_loss_and_params(lambda p, v: p["w"][0] * v, params, (jnp.ones(2),))
+
+    seen = []
+
+    class Validated:
+        def __call__(self, p, scale, shift):
+            return loss(p, scale, shift)
+
+        def validate(self, p, *a):
+            seen.append(len(a))
+            if a[0] < 0:
+                raise ValueError("scale must be >= 0")
+
+    assert check_loss_and_params(Validated(), params, args) == 4 and seen == [2]
+    with pytest.raises(ValueError, match=r"^scale must be >= 0$"):
+        check_loss_and_params(Validated(), params, (jnp.float32(-1.0), args[1]))
+
+
+def test_check_args():
+    assert check_args(()) == ()
+    x = jnp.ones(2)
+    assert check_args([x, 3]) == (x, 3)
+    for bad in (x, None, {"x": x}, "xy"):
+        with pytest.raises(ValueError, match=r"^args must be a tuple .* got "):
+            check_args(bad)
+
+
+def test_trace_shape_names_the_function():
+    out = trace_shape("fn", lambda a, b: a @ b, jnp.ones((2, 3)), jnp.ones(3))
+    assert out.shape == (2,) and out.dtype == jnp.float32
+    with pytest.raises(ValueError, match=r"^fn must be traceable by JAX"):
+        trace_shape("fn", lambda a: float(a), jnp.ones(()))
+    with pytest.raises(ValueError, match=r"^fn could not be called as fn\(params, \*args\)"):
+        trace_shape("fn", lambda a: a, jnp.ones(()), jnp.ones(()))
 
 
 # check_finite_array and is_concrete ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of flatmin.measures.density: the Hessian's spectral density by stochastic Lanczos
+"""Tests of flatmin.hessian_density: the Hessian's spectral density by stochastic Lanczos
 quadrature.
 
 Oracles: for a diagonal Hessian with few distinct eigenvalues and Rademacher probes every
@@ -21,7 +21,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from quadratics import N, h32, nested, quadratic, rotated, separable
 
-from flatmin.measures.density import HessianDensity, hessian_density
+from flatmin.measures import HessianDensity, Status, hessian_density
 
 
 def _normal(seed: int):
@@ -53,7 +53,7 @@ def test_diagonal_hessian_with_few_distinct_eigenvalues_gives_the_exact_density(
     result = hessian_density(
         separable(h, params), params, grid, num_probes=3, num_iterations=10, sigma=0.1
     )
-    assert isinstance(result, HessianDensity)
+    assert isinstance(result, HessianDensity) and int(result.status) == Status.FINISHED
     assert result.value.shape == (801,) and result.nodes.shape == result.weights.shape == (3, 10)
     expected = _broadened(grid, lam, 0.1)
     np.testing.assert_allclose(result.value, expected, rtol=0, atol=1e-4 * expected.max())
@@ -217,6 +217,7 @@ _D = lambda **kw: hessian_density(_F, _P, kw.pop("grid", _G), **kw)
         (lambda: hessian_density("f", _P, _G), "loss_fn"),
         (lambda: hessian_density(_F, {}, _G), "params"),
         (lambda: hessian_density(_F, {"w": jnp.ones(3, jnp.int32)}, _G), "params"),
+        (lambda: _D(args=jnp.ones(2)), r"^args must"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call, match):

@@ -16,7 +16,7 @@ from flatmin.paper.generalization import measures, rank_correlations, run_measur
 from flatmin.paper.keys import seed_keys
 from flatmin.paper.protocol import network, train_regime
 from flatmin.training.data import load_dataset
-from flatmin.training.objective import evaluate, make_loss_fn
+from flatmin.training.objective import Objective, evaluate
 
 TINY = dataclasses.replace(
     CONFIGS["digits"],
@@ -53,17 +53,29 @@ def test_rows_hold_each_networks_own_measures(digits):
         for seed in (0, 1):
             row = next(r for r in results["rows"] if r["run"] == name and r["seed"] == seed)
             v = jax.tree.map(lambda leaf, s=seed: leaf[s], trained.variables)
-            loss_fn = make_loss_fn(model, v["batch_stats"], x, y)
+            loss_fn, args = Objective(model, TINY.bn), (v["batch_stats"], x, y)
             for measure in FAST:
-                expected = float(table[measure][1](loss_fn, v["params"]))
+                _, fn, measure_key = table[measure]
+                expected = float(fn(loss_fn, v["params"], args, measure_key, TINY.eps[0]))
                 # Differences of losses (average-case sharpness) can be ~1e-4 while f is ~1e-1:
                 # vmapped and alone, float32 sums in another order differ by ~1e-7 of f.
-                f = float(loss_fn(v["params"]))
+                f = float(loss_fn(v["params"], *args))
                 np.testing.assert_allclose(row[measure], expected, rtol=1e-3, atol=2e-6 * (1 + f))
             _, test = evaluate(model, v["params"], v["batch_stats"], *map(jnp.asarray, digits[2:4]))
             assert round(row["test_accuracy"] * 360) == round(float(test) * 360)
             assert row["gap"] == pytest.approx(row["train_accuracy"] - row["test_accuracy"])
     json.dumps(results, allow_nan=False)
+
+
+def test_measures_are_the_same_functions_for_every_key_and_eps():
+    """Each measure is one function object (static under jit: its program compiles once), the
+    key and eps its traced arguments."""
+    first = measures(jax.random.key(0), 1e-3)
+    second = measures(jax.random.key(1), 5e-4)
+    assert list(first) == list(second)
+    for name, (_, fn, key) in first.items():
+        assert second[name][1] is fn
+        assert not np.array_equal(jax.random.key_data(key), jax.random.key_data(second[name][2]))
 
 
 def test_rank_correlation_is_kendalls_tau():

@@ -1,5 +1,5 @@
-"""Tests of flatmin.measures.landscape: the loss along straight and curved paths between two
-solutions.
+"""Tests of flatmin.interpolate and flatmin.interpolate_curved: the loss along straight and
+curved paths between two solutions.
 
 Expected values are closed forms computed in float64 NumPy: a quadratic restricted to a line
 is a quadratic in alpha with known coefficients, and the paths themselves are checked through
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from flatmin.measures.landscape import interpolate, interpolate_curved
+from flatmin.measures import Landscape, Status, interpolate, interpolate_curved
 
 SHAPES = {"dense": {"kernel": (3, 4), "bias": (4,)}, "scale": (), "z": (6,)}  # n = 23
 ALPHAS = np.linspace(-0.5, 1.5, 9)  # steps of 0.25: 0 and 1 are exact
@@ -83,7 +83,10 @@ def test_line_is_the_closed_form_quadratic_in_alpha():
     f, H, g, c = _quadratic()
     rng = np.random.default_rng(1)
     a, b = _tree(rng), _tree(rng)
-    values = interpolate(f, a, b, ALPHAS)
+    result = interpolate(f, a, b, ALPHAS)
+    assert isinstance(result, Landscape) and int(result.status) == Status.FINISHED
+    np.testing.assert_array_equal(result.alphas, ALPHAS)
+    values = result.value
     assert values.shape == (9,) and values.dtype == jnp.float32
     # f(a + alpha d) = f(a) + alpha (H a + g) . d + alpha^2 / 2 d^T H d, with d = b - a.
     xa, d = _flat64(a), _flat64(b) - _flat64(a)
@@ -104,7 +107,7 @@ def test_line_is_the_closed_form_quadratic_in_alpha():
 def test_paths_pass_exactly_through_both_endpoints(path):
     rng = np.random.default_rng(2)
     a, b = _tree(rng), _tree(rng)
-    points = path(_identity, a, b, jnp.asarray([0.0, 1.0]))
+    points = path(_identity, a, b, jnp.asarray([0.0, 1.0])).value
     assert jax.tree.structure(points) == jax.tree.structure(a)
     for leaf, leaf_a, leaf_b in zip(*map(jax.tree.leaves, (points, a, b)), strict=True):
         assert leaf.shape == (2, *leaf_a.shape)
@@ -115,7 +118,7 @@ def test_paths_pass_exactly_through_both_endpoints(path):
 def test_curved_path_is_cos_a_plus_sin_b():
     rng = np.random.default_rng(3)
     a, b = _tree(rng), _tree(rng)
-    points = interpolate_curved(_identity, a, b, ALPHAS)
+    points = interpolate_curved(_identity, a, b, ALPHAS).value
     xa, xb = _flat64(a), _flat64(b)
     for i, alpha in enumerate(ALPHAS):
         expected = np.cos(alpha * np.pi / 2) * xa + np.sin(alpha * np.pi / 2) * xb
@@ -128,7 +131,7 @@ def test_pytree_valued_fn():
     rng = np.random.default_rng(4)
     a, b = _tree(rng), _tree(rng)
     fn = lambda p: {"loss": f(p), "stats": (jnp.sum(p["z"]), p["dense"]["bias"] * 2)}
-    out = interpolate(fn, a, b, ALPHAS)
+    out = interpolate(fn, a, b, ALPHAS).value
     assert out["loss"].shape == (9,)
     assert out["stats"][0].shape == (9,) and out["stats"][1].shape == (9, 4)
     atol = _reordering_atol(a, b, ALPHAS)
@@ -146,8 +149,8 @@ def test_batches_equal_all_at_once(path):
     f, _, _, _ = _quadratic()
     rng = np.random.default_rng(5)
     a, b = _tree(rng), _tree(rng)
-    at_once = path(f, a, b, ALPHAS)
-    batched = path(f, a, b, ALPHAS, batch_size=4)  # 4 + 4 + 1
+    at_once = path(f, a, b, ALPHAS).value
+    batched = path(f, a, b, ALPHAS, batch_size=4).value  # 4 + 4 + 1
     _assert_reordered_equal(
         batched, at_once, _reordering_atol(a, b, ALPHAS, path is not interpolate)
     )
@@ -158,11 +161,16 @@ def test_jit_and_integer_alphas():
     rng = np.random.default_rng(6)
     a, b = _tree(rng), _tree(rng)
     jitted = jax.jit(interpolate, static_argnums=0)(f, a, b, jnp.asarray(ALPHAS, jnp.float32))
-    _assert_reordered_equal(jitted, interpolate(f, a, b, ALPHAS), _reordering_atol(a, b, ALPHAS))
-    integers = np.arange(-1, 3)
     _assert_reordered_equal(
-        interpolate(f, a, b, integers),
-        interpolate(f, a, b, integers.astype(float)),
+        jitted.value, interpolate(f, a, b, ALPHAS).value, _reordering_atol(a, b, ALPHAS)
+    )
+    integers = np.arange(-1, 3)
+    on_integers = interpolate(f, a, b, integers)
+    # The alphas come back as given (integers), the path evaluated in floating point.
+    assert jnp.issubdtype(on_integers.alphas.dtype, jnp.integer)
+    _assert_reordered_equal(
+        on_integers.value,
+        interpolate(f, a, b, integers.astype(float)).value,
         _reordering_atol(a, b, integers),
     )
 
@@ -172,13 +180,32 @@ def test_float64():
         f, H, g, c = _quadratic(dtype=np.float64)
         rng = np.random.default_rng(7)
         a, b = _tree(rng, np.float64), _tree(rng, np.float64)
-        values = interpolate(f, a, b, ALPHAS)
+        values = interpolate(f, a, b, ALPHAS).value
         assert values.dtype == jnp.float64
         xa, d = _flat64(a), _flat64(b) - _flat64(a)
         f_a = 0.5 * xa @ H @ xa + g @ xa + c
         expected = f_a + ALPHAS * ((H @ xa + g) @ d) + ALPHAS**2 / 2 * (d @ H @ d)
         np.testing.assert_allclose(values, expected, rtol=1e-12)
-        assert interpolate_curved(f, a, b, ALPHAS).dtype == jnp.float64
+        assert interpolate_curved(f, a, b, ALPHAS).value.dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    ("path", "rate", "where"),
+    # exp(rate w) overflows float32 beyond exp(88.7): on the line w = alpha, at alpha = 1.5
+    # alone (exp(75) at 1.25 is finite); on the curve w = sin(alpha pi / 2), at alpha = 1 alone
+    # (exp(92 * 0.924) = exp(85) at 0.75 and 1.25).
+    [(interpolate, 60.0, 8), (interpolate_curved, 92.0, 6)],
+)
+def test_an_overflow_along_the_path_is_reported_not_an_error(path, rate, where):
+    a = {"w": jnp.zeros(3, jnp.float32)}
+    b = {"w": jnp.ones(3, jnp.float32)}
+    fn = lambda p: jnp.exp(rate * p["w"][0])
+    result = path(fn, a, b, ALPHAS)
+    assert int(result.status) == Status.NONFINITE_NEARBY
+    overflowed = np.arange(len(ALPHAS)) == where
+    np.testing.assert_array_equal(np.isinf(result.value), overflowed)
+    finite = path(fn, a, b, ALPHAS[~overflowed])
+    assert int(finite.status) == Status.FINISHED
 
 
 _A = {"w": jnp.ones((2, 3), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
@@ -216,5 +243,8 @@ def test_bad_params_a_and_batch_size(path):
         with pytest.raises(ValueError, match=r"^batch_size must be None or an integer >= 1"):
             path(_FN, _A, _A, ALPHAS, batch_size=bad)
     np.testing.assert_array_equal(
-        path(_FN, _A, _A, ALPHAS, batch_size=np.int64(4)), path(_FN, _A, _A, ALPHAS, batch_size=4)
+        path(_FN, _A, _A, ALPHAS, batch_size=np.int64(4)).value,
+        path(_FN, _A, _A, ALPHAS, batch_size=4).value,
     )
+    with pytest.raises(ValueError, match=r"^args must"):
+        path(_FN, _A, _A, ALPHAS, args=jnp.ones(2))

@@ -19,6 +19,7 @@ from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits
 from jax.flatten_util import ravel_pytree
 
 import flatmin
+import flatmin.paper
 from experiments import _cli, batch_size_sweep, parametric_plot, spectrum, warm_start
 from flatmin.training.data import load_dataset
 
@@ -279,15 +280,17 @@ def test_route_and_protocol_flags_reach_the_config():
     def parse(argv):
         return _cli.parse(_cli.base_parser("x"), argv)
 
-    digits = flatmin.CONFIGS["digits"]
+    digits = flatmin.paper.CONFIGS["digits"]
     assert _cli.build_config(parse([])).routes == digits.routes  # the config's, by default
     assert list(_cli.build_config(parse(["--routes", "paper"])).routes) == ["paper"]
     routes = _cli.build_config(parse(["--routes", "maximiser,paper", "--maxiter", "3"])).routes
     assert list(routes) == ["maximiser", "paper"]
-    assert routes["paper"].solver == flatmin.LBFGSB(
-        maxiter=3, pgtol=1e-5, factr=1e7, maxls=20, rescale=False
+    # The flag changes the iterations alone: each route keeps its start and restarts.
+    assert routes["paper"] == flatmin.LBFGSB(
+        maxiter=3, pgtol=1e-5, factr=1e7, maxls=20, rescale=False, init="zero"
     )
-    assert routes["maximiser"].solver == flatmin.LBFGSB(maxiter=3)
+    assert routes["paper"] == flatmin.LBFGSB.paper(maxiter=3)
+    assert routes["maximiser"] == flatmin.LBFGSB(maxiter=3, restarts=4)
     assert _cli.build_config(parse(["--bn", "batch"])).bn == "batch"
     equal = _cli.build_config(parse(["--config", "f1-mnist5k", "--protocol", "equal-loss"]))
     assert (equal.target_loss, equal.patience) == (1e-3, None)

@@ -1,4 +1,5 @@
-"""Tests of flatmin.measures.layers and of every measure restricted to one layer.
+"""Tests of the per-layer filter (flatmin.restrict, split_params, merge_params) and of every
+measure restricted to one layer.
 
 Oracles: the measures' closed forms (tests/test_adaptive.py, tests/test_density.py) on the
 selected block alone: the dual norm of the layer's gradient, the trace and spectrum of the
@@ -17,7 +18,8 @@ from oracles import U32, flat64, halfwidths, phi, spacing32
 from quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 import flatmin
-from flatmin.measures.layers import merge_params, path_mask, restrict, split_params
+from flatmin.measures import merge_params, restrict, split_params
+from flatmin.measures._layers import path_mask
 
 # jax.tree.leaves order of NESTED_SHAPES: conv, dense.bias, dense.kernel, scale, z.
 DENSE = (False, True, True, False, False)
@@ -61,12 +63,31 @@ def test_restrict_freezes_the_other_leaves():
     params = nested(_normal(2))
     g = nested(_normal(3))
     loss = linear(g)
-    loss_of_layer, layer = restrict(loss, params, "dense")
-    np.testing.assert_allclose(loss_of_layer(layer), loss(params), rtol=1e-5)
+    loss_of_layer, layer, layer_args = restrict(loss, params, "dense")
+    # The frozen leaves travel as the first of the arguments to pass with the layer.
+    (frozen,) = layer_args
+    assert frozen["dense"]["kernel"] is None
+    np.testing.assert_array_equal(frozen["conv"], params["conv"])
+    np.testing.assert_allclose(loss_of_layer(layer, *layer_args), loss(params), rtol=1e-5)
     # Its gradient is the full gradient's dense part: g there.
-    grad = jax.grad(loss_of_layer)(layer)
+    grad = jax.grad(loss_of_layer)(layer, *layer_args)
     np.testing.assert_array_equal(grad["dense"]["kernel"], g["dense"]["kernel"])
     assert grad["conv"] is None
+
+
+def test_restrict_passes_the_loss_functions_arguments_after_the_frozen_leaves():
+    params = nested(_normal(20))
+    g = nested(_normal(21))
+    loss = lambda p, scale, shift: scale * linear(g)(p) + shift
+    data = (jnp.float32(3.0), jnp.float32(-1.0))
+    loss_of_layer, layer, layer_args = restrict(loss, params, "dense", args=data)
+    assert len(layer_args) == 3 and layer_args[1:] == data
+    np.testing.assert_allclose(loss_of_layer(layer, *layer_args), loss(params, *data), rtol=1e-5)
+    # A value: restricting the same loss again (another seed's parameters, say) gives an equal
+    # function, so a measure compiled for the first is reused.
+    assert restrict(loss, nested(_normal(22)), "dense", args=data)[0] == loss_of_layer
+    with pytest.raises(ValueError, match=r"^args must"):
+        restrict(loss, params, "dense", args=jnp.ones(2))
 
 
 @pytest.mark.parametrize(
@@ -94,7 +115,9 @@ _ONE_LAYER_LOSS = quadratic(
     0.1,
 )
 _MEASURES = {
-    "worst": lambda f, p, **kw: flatmin.worst_case_sharpness(f, p, 0.05, steps=4, **kw),
+    "worst": lambda f, p, **kw: flatmin.worst_case_sharpness(
+        f, p, 0.05, solver=flatmin.APGD(maxiter=4), **kw
+    ),
     "average": lambda f, p, **kw: flatmin.average_case_sharpness(f, p, 0.05, num_samples=8, **kw),
     "pac_bayes": lambda f, p, **kw: flatmin.pac_bayes_sigma(f, p, 0.01, num_samples=8, **kw),
     "density": lambda f, p, **kw: flatmin.hessian_density(
@@ -109,6 +132,7 @@ def test_per_layer_on_a_one_layer_model_equals_the_whole_model(name):
     whole = measure(_ONE_LAYER_LOSS, _ONE_LAYER)
     layer = measure(_ONE_LAYER_LOSS, _ONE_LAYER, only="dense")
     np.testing.assert_allclose(layer.value, whole.value, rtol=1e-5, atol=1e-7)
+    assert int(layer.status) == int(whole.status) == flatmin.Status.FINISHED
 
 
 # Per-layer closed forms ----------------------------------------------------------------------
@@ -173,8 +197,8 @@ def test_density_of_one_layer_is_its_block_spectrum():
 
 
 def test_metric_2_1_of_one_layer_by_wrapping_loss_and_params():
-    """flatmin.sharpness, unchanged, on `restrict`'s loss and params: Metric 2.1 with the box on
-    the dense layer alone. Oracle: 1/2 sum_{i in layer} h_i r_i^2 for a separable convex
+    """flatmin.sharpness, unchanged, on `restrict`'s loss, params and args: Metric 2.1 with the
+    box on the dense layer alone. Oracle: 1/2 sum_{i in layer} h_i r_i^2 for a separable convex
     quadratic centred at w; the l-inf worst case with xi = 1 and only= finds the same maximum."""
     rng = np.random.default_rng(15)
     eps, c0 = 1e-3, 0.25
@@ -188,8 +212,8 @@ def test_metric_2_1_of_one_layer_by_wrapping_loss_and_params():
     slack = np.sum(hv * r * spacing32(np.abs(w) + r)) + 2 * (N + 2) * U32 * (c0 + exact)
     phi_true = phi(c0 + exact, c0)
 
-    loss_of_layer, layer = restrict(loss, params, "dense")
-    keskar = float(flatmin.sharpness(loss_of_layer, layer, eps=eps))
+    loss_of_layer, layer, layer_args = restrict(loss, params, "dense")
+    keskar = float(flatmin.sharpness(loss_of_layer, layer, eps=eps, args=layer_args))
     # Its defaults (10 L-BFGS-B iterations from a random start) reach 99.4% here; the whole
     # model's box would give 1.6 times the layer's figure.
     assert phi_true * (1 - 2e-2) <= keskar <= phi_true + 100 * slack / (1 + c0)

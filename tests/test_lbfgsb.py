@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from flatmin.measures import lbfgsb
+from flatmin.measures import _lbfgsb as lbfgsb
+from flatmin.measures._lbfgsb import _cauchy
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # jaxopt is archived; a reference here
@@ -96,11 +97,11 @@ def test_cauchy_point_chunks_holding_the_gcp_or_not(n, pairs, seed, monkeypatch)
     M = lbfgsb.middle_matrix(memory)
     W, M_ref, _ = _jaxopt_form(memory)
     xcp_ref, _, free_ref = _find_cauchy_point(x, g, lower, upper, memory.theta, W, M_ref)
-    fixed = lbfgsb._path(x, g, lower, upper)[0]
+    fixed = lbfgsb.path(x, g, lower, upper)[0]
     passed = int(jnp.sum(~np.asarray(free_ref) & ~np.asarray(fixed)))
     assert passed >= 4
     walked = []
-    walk = lbfgsb._walk
+    walk = lbfgsb.walk_breakpoints
 
     def spy(ts, *args):
         stop = walk(ts, *args)
@@ -108,7 +109,7 @@ def test_cauchy_point_chunks_holding_the_gcp_or_not(n, pairs, seed, monkeypatch)
         jax.debug.callback(lambda found: walked.append((ts.shape[0], bool(found))), stop.found)
         return stop
 
-    monkeypatch.setattr(lbfgsb, "_walk", spy)
+    monkeypatch.setattr(_cauchy, "walk_breakpoints", spy)
     small, large = passed // 2, passed + 1
     cases = [
         ((large,), [(large, True)]),
@@ -219,7 +220,7 @@ def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
         x = jnp.where(on_face, jnp.where(g > 0, lower, upper), x)
         limit = {"gathered": n - 1, "all": 1}[capacity]
         monkeypatch.setattr(lbfgsb, "open_capacity", lambda n: limit)
-        point, w_step = lbfgsb._step_target(x, g, lower, upper, memory)
+        point, w_step = lbfgsb.step_target(x, g, lower, upper, memory)
         # W^T (point - x) over every slot, for push_pair: numpy's product of the stored rows.
         W_slots = np.concatenate([memory.y, float(memory.theta) * np.asarray(memory.s)])
         np.testing.assert_allclose(w_step, W_slots @ np.asarray(point - x), rtol=1e-9, atol=1e-12)
@@ -227,7 +228,7 @@ def test_step_off_the_faces_equals_the_dense_step(capacity, monkeypatch):
         xcp, _, free = jax.jit(_find_cauchy_point)(x, g, lower, upper, memory.theta, W, M_ref)
         B = float(memory.theta) * np.eye(n) - W @ M_ref @ W.T
         x, g, xcp, lower, upper, Z = (np.asarray(a) for a in (x, g, xcp, lower, upper, free))
-        open_ = int(np.sum(~np.asarray(lbfgsb._path(x, g, lower, upper)[0])))
+        open_ = int(np.sum(~np.asarray(lbfgsb.path(x, g, lower, upper)[0])))
         assert n / 2 < open_ < n - 1  # padding slots in the gathered case
         du = -np.linalg.solve(B[np.ix_(Z, Z)], (g + B @ (xcp - x))[Z])
         expected, _ = _subsm_reference(x, g, lower, upper, xcp, Z, du)
@@ -274,7 +275,7 @@ def test_compact_index_is_numpys_flatnonzero(n, density, size):
     expected = np.full(size, n)
     hits = np.flatnonzero(mask)[:size]
     expected[: hits.size] = hits
-    got = jax.jit(lbfgsb._compact_index, static_argnums=1)(jnp.asarray(mask), size)
+    got = jax.jit(lbfgsb.compact_index, static_argnums=1)(jnp.asarray(mask), size)
     np.testing.assert_array_equal(np.asarray(got), expected)
 
 

@@ -1,5 +1,5 @@
-"""flatmin.training.objective: the evaluation-mode loss is a deterministic function of the
-parameters."""
+"""flatmin.training.objective: the evaluation-mode loss `Objective(model)(params, batch_stats,
+x, y)` is a deterministic function of the parameters and the data."""
 
 import flax.linen as nn
 import jax
@@ -9,9 +9,10 @@ import optax
 import pytest
 from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits, shallow_cnn_logits
 
+import flatmin
 import flatmin.training.objective
 from flatmin.training.models import build_model, init_variables
-from flatmin.training.objective import batch_norm_statistics, evaluate, make_loss_fn
+from flatmin.training.objective import Objective, batch_norm_statistics, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_mlp_loss_and_accuracy_equal_a_float64_numpy_forward_pass(chunk_size):
     logits_np = mlp_logits({"params": params, "batch_stats": stats}, x, 2)
     _check_against_numpy(logits_np, evaluate(model, params, stats, x, y, chunk_size=chunk_size), y)
     np.testing.assert_allclose(
-        make_loss_fn(model, stats, x, y, chunk_size=chunk_size)(params),
+        Objective(model, chunk_size=chunk_size)(params, stats, x, y),
         loss_and_accuracy(logits_np, y)[0],
         rtol=1e-5,
     )
@@ -108,10 +109,10 @@ def test_batch_mode_loss_equals_a_numpy_pass_with_the_data_sets_own_statistics()
     running = loss_and_accuracy(mlp_logits(variables, x, 2), y)[0]
     assert abs(expected / running - 1) > 1e-2  # the two modes differ here
     # flax's batch variance is E[h^2] - E[h]^2 in float32: a few digits fewer than rtol 1e-5.
-    np.testing.assert_allclose(make_loss_fn(model, stats, x, y, bn="batch")(params), expected,
+    np.testing.assert_allclose(Objective(model, bn="batch")(params, stats, x, y), expected,
                                rtol=2e-4)  # fmt: skip
     with pytest.raises(ValueError, match=r"^bn must be one of"):
-        make_loss_fn(model, stats, x, y, bn="ghost")
+        Objective(model, bn="ghost")
 
 
 def test_batch_mode_loss_equals_evaluation_with_the_exact_statistics(c1_setup):
@@ -121,9 +122,9 @@ def test_batch_mode_loss_equals_evaluation_with_the_exact_statistics(c1_setup):
     model, params, batch_stats, x, y = c1_setup
     exact = batch_norm_statistics(model, params, x, chunk_size=7)
     expected, _ = evaluate(model, params, exact, x, y)
-    loss_fn = make_loss_fn(model, batch_stats, x, y, bn="batch")
-    np.testing.assert_allclose(loss_fn(params), expected, rtol=2e-4)
-    np.testing.assert_allclose(jax.jit(loss_fn)(params), expected, rtol=2e-4)
+    loss_fn = Objective(model, bn="batch")
+    np.testing.assert_allclose(loss_fn(params, batch_stats, x, y), expected, rtol=2e-4)
+    np.testing.assert_allclose(jax.jit(loss_fn)(params, batch_stats, x, y), expected, rtol=2e-4)
 
 
 def test_c1_loss_and_accuracy_equal_a_float64_numpy_forward_pass(c1_setup):
@@ -153,11 +154,24 @@ def test_chunking_and_padding_do_not_change_the_result(c1_setup, chunk_size):
 
 def test_no_dropout_and_running_statistics(c1_setup):
     model, params, batch_stats, x, y = c1_setup
-    loss_fn = make_loss_fn(model, batch_stats, x, y)
-    assert loss_fn(params) == loss_fn(params)  # dropout would make two calls differ
+    loss_fn = Objective(model)
+    first = loss_fn(params, batch_stats, x, y)
+    assert first == loss_fn(params, batch_stats, x, y)  # dropout would make two calls differ
     # The running statistics are used: changing them changes f; the batch's own would not.
     shifted = jax.tree.map(lambda s: s + 0.5, batch_stats)
-    assert make_loss_fn(model, shifted, x, y)(params) != loss_fn(params)
+    assert loss_fn(params, shifted, x, y) != first
+
+
+def test_objective_is_a_value():
+    """Equal models and settings give equal, hashable objectives: one compiled program per
+    model and shapes, whichever instance a measure is handed."""
+    model = build_model("mlp", 3, hidden=(5,))
+    assert Objective(model) == Objective(build_model("mlp", 3, hidden=(5,)))
+    assert hash(Objective(model)) == hash(Objective(model, "running", 2048))
+    assert Objective(model) != Objective(model, bn="batch")
+    assert Objective(model) != Objective(model, chunk_size=7)
+    assert Objective(model, chunk_size=np.int64(7)).chunk_size == 7
+    assert type(Objective(model, chunk_size=np.int64(7)).chunk_size) is int
 
 
 # batch_norm_statistics: the exact full-data statistics of every BatchNorm layer's input.
@@ -302,7 +316,7 @@ BAD_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("call", ["evaluate", "make_loss_fn"])
+@pytest.mark.parametrize("call", ["evaluate", "validate", "sharpness"])
 @pytest.mark.parametrize(
     ("change", "match"), [c[1:] for c in BAD_EXAMPLES], ids=[c[0] for c in BAD_EXAMPLES]
 )
@@ -319,8 +333,10 @@ def test_bad_examples_are_refused_before_any_evaluation(
     with pytest.raises(ValueError, match=match):
         if call == "evaluate":
             evaluate(model, params, batch_stats, x, y)
-        else:
-            make_loss_fn(model, batch_stats, x, y)  # refused here, not when called
+        elif call == "validate":
+            Objective(model).validate(params, batch_stats, x, y)
+        else:  # every measure validates an Objective's arguments before compiling anything
+            flatmin.sharpness(Objective(model), params, args=(batch_stats, x, y))
 
 
 @pytest.mark.parametrize("chunk_size", [0, -1, True, 2.0, None])
@@ -329,7 +345,7 @@ def test_bad_chunk_size_is_refused(mlp_setup, chunk_size):
     with pytest.raises(ValueError, match=r"^chunk_size must be an integer >= 1"):
         evaluate(model, params, batch_stats, x, y, chunk_size=chunk_size)
     with pytest.raises(ValueError, match=r"^chunk_size must be an integer >= 1"):
-        make_loss_fn(model, batch_stats, x, y, chunk_size=chunk_size)
+        Objective(model, chunk_size=chunk_size)
     with pytest.raises(ValueError, match=r"^chunk_size must be an integer >= 1"):
         batch_norm_statistics(model, params, x, chunk_size=chunk_size)
 
@@ -338,7 +354,9 @@ def test_the_largest_valid_label_and_numpy_inputs_are_accepted(mlp_setup):
     model, params, batch_stats, x, _ = mlp_setup
     labels = np.full(23, 2, np.uint8)  # num_classes - 1, in an unsigned dtype
     loss, _ = evaluate(model, params, batch_stats, np.asarray(x), labels, chunk_size=np.int64(5))
-    np.testing.assert_allclose(make_loss_fn(model, batch_stats, x, labels)(params), loss, rtol=1e-5)
+    objective = Objective(model)
+    objective.validate(params, batch_stats, np.asarray(x), labels)
+    np.testing.assert_allclose(objective(params, batch_stats, x, labels), loss, rtol=1e-5)
 
 
 def test_under_jit_only_shapes_are_checked(mlp_setup):
@@ -379,4 +397,16 @@ def test_a_model_without_class_logits_is_refused():
     ):
         evaluate(model, params, {}, x, y)
     with pytest.raises(ValueError, match=r"^model must map"):
-        make_loss_fn(model, {}, x, y)
+        Objective(model).validate(params, {}, x, y)
+    with pytest.raises(ValueError, match=r"^model must map"):
+        flatmin.sharpness(Objective(model), params, args=({}, x, y))
+
+
+def test_objective_refuses_what_is_not_a_model_and_arguments_not_of_three(mlp_setup):
+    model, params, _, x, y = mlp_setup
+    with pytest.raises(ValueError, match=r"^model must be a flax.linen.Module"):
+        Objective(lambda variables, x, train: x)
+    with pytest.raises(ValueError, match=r"^args must be \(batch_stats, x, y\)"):
+        Objective(model).validate(params, x, y)
+    with pytest.raises(ValueError, match=r"^args must be \(batch_stats, x, y\)"):
+        flatmin.hessian_trace(Objective(model), params, args=(x, y))

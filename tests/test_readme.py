@@ -12,8 +12,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import flatmin
-from flatmin.measures.reference import scipy_sharpness
 from flatmin.paper.tables import format_tables
+from flatmin.reference import scipy_sharpness
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -35,15 +35,16 @@ def test_ten_line_example_gives_what_independent_solves_give():
     """The example's figures: `paper` is scipy's fmin_l_bfgs_b route (the oracle, on the host);
     `full` and `sub` are solves whose maximiser, recomputed by hand, gives the figure."""
     ns = _run(_code_blocks(README)[0])
-    loss_fn, params, A = ns["loss_fn"], ns["params"], ns["A"]
-    oracle = scipy_sharpness(loss_fn, params, eps=1e-3)
+    loss_fn, params, A, args = ns["loss_fn"], ns["params"], ns["A"], ns["args"]
+    oracle = scipy_sharpness(loss_fn, params, eps=1e-3, args=args)
     np.testing.assert_allclose(float(ns["paper"]), oracle.value, rtol=1e-3, atol=1e-4)
     for name, space in (("full", None), ("sub", A)):
-        result = flatmin.solve_sharpness(loss_fn, params, space, eps=1e-3)
+        result = flatmin.solve_sharpness(loss_fn, params, space, eps=1e-3, args=args)
         assert float(ns[name]) == float(result.value), name
+        assert int(result.status) == flatmin.Status.FINISHED, name
         x, unravel = ravel_pytree(params)
         shift = ravel_pytree(result.y)[0] if space is None else space @ result.y
-        f0, f1 = float(loss_fn(params)), float(loss_fn(unravel(x + shift)))
+        f0, f1 = float(loss_fn(params, *args)), float(loss_fn(unravel(x + shift), *args))
         np.testing.assert_allclose(float(result.value), (f1 - f0) / (1 + f0) * 100, rtol=1e-3)
         radius = flatmin.box_radius(params, space, 1e-3)
         y = ravel_pytree(result.y)[0] if space is None else result.y
@@ -62,8 +63,10 @@ def test_own_model_example_trains_four_seeds_and_measures_each():
     assert np.all(losses[:, -1] < 0.5 * losses[:, 0])
     for k in (0, 3):
         variables = jax.tree.map(lambda a, k=k: a[k], run.variables)
-        loss_fn = flatmin.make_loss_fn(model, {}, data.x_train, data.y_train)
-        alone = flatmin.sharpness(loss_fn, variables["params"], eps=1e-3, key=ns["key"])
+        args = ({}, data.x_train, data.y_train)  # a model without batch norm: no statistics
+        alone = flatmin.sharpness(
+            flatmin.Objective(model), variables["params"], eps=1e-3, args=args, key=ns["key"]
+        )
         np.testing.assert_allclose(phi.value[k], float(alone), rtol=2e-3)
 
 

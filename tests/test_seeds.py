@@ -8,7 +8,7 @@ import pytest
 
 import flatmin
 from flatmin.training.data import load_dataset
-from flatmin.training.objective import make_loss_fn
+from flatmin.training.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,9 @@ def test_seed_sharpness_equals_each_seed_alone(digits, three_seeds, bn):
 
     def alone(seed: int) -> float:
         v = _seed(variables, seed)
-        loss_fn = make_loss_fn(model, v["batch_stats"], x, y, bn=bn)
-        return float(flatmin.sharpness(loss_fn, v["params"], None, 1e-3, key=key))
+        args = (v["batch_stats"], x, y)
+        return float(flatmin.sharpness(Objective(model, bn), v["params"], None, 1e-3, args=args,
+                                       key=key))  # fmt: skip
 
     assert vmapped.shape == (3,) and np.all(vmapped > 0)
     # Distinct seeds, values apart by several times the tolerance below: a grouping that lost
@@ -60,7 +61,9 @@ def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, solver, 
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
     key = jax.random.key(3)
     stops = getattr(solver, "pgtol", 0) > 0  # the paper's route: scipy's stopping rules
-    kwargs = dict(key=key, solver=solver, init="zero" if stops else "random")
+    # The solver carries its start: LBFGSB.paper() from y = 0, the others at random.
+    assert solver.init == ("zero" if stops else "random")
+    kwargs = dict(key=key, solver=solver)
     together = flatmin.seed_sharpness(
         model, variables, x, y, None, 1e-3, seeds_per_solve=8, **kwargs
     )
@@ -69,6 +72,8 @@ def test_seed_sharpness_in_groups_equals_one_solve(digits, three_seeds, solver, 
     )
     # A batch of 1 and a batch of 3 compile to different float32 reductions: 2e-5 seen.
     np.testing.assert_allclose(grouped.value, together.value, rtol=1e-4)
+    assert grouped.status.shape == (3,) and grouped.history.shape == (3, solver.maxiter)
+    np.testing.assert_array_equal(grouped.status < flatmin.Status.DIVERGED, True)
     if not stops:
         # Without stopping rules every solve runs maxiter iterations. With them, factr's test of
         # a relative decrease near 2e-9 reads rounding, which the batch size changes.
@@ -83,12 +88,48 @@ def test_seed_gradients_are_each_seeds_gradient(digits, three_seeds, bn):
     got = flatmin.seed_gradients(model, variables, x, y, bn=bn)
     for seed in range(3):
         v = _seed(variables, seed)
-        loss_fn = make_loss_fn(model, v["batch_stats"], x, y, bn=bn)
-        loss, grad = jax.value_and_grad(loss_fn)(v["params"])
+        loss, grad = jax.value_and_grad(Objective(model, bn))(v["params"], v["batch_stats"], x, y)
         flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grad)]).astype(np.float64)
         np.testing.assert_allclose(got["loss"][seed], float(loss), rtol=1e-5)
         np.testing.assert_allclose(got["grad_inf_norm"][seed], np.max(np.abs(flat)), rtol=1e-4)
         np.testing.assert_allclose(got["grad_2_norm"][seed], np.linalg.norm(flat), rtol=1e-4)
+
+
+def test_a_diverged_seed_gives_nan_and_diverged_and_leaves_the_others_alone(digits, three_seeds):
+    """One seed's parameters NaN (a diverged run): its value is NaN with status DIVERGED, never
+    an error, and the other seeds' values are exactly those of the run without it."""
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    diverged = {
+        **variables,
+        "params": jax.tree.map(lambda p: jnp.asarray(p).at[1].set(jnp.nan), variables["params"]),
+    }
+    key = jax.random.key(3)
+    clean = flatmin.seed_sharpness(model, variables, x, y, None, 1e-3, key=key)
+    found = flatmin.seed_sharpness(model, diverged, x, y, None, 1e-3, key=key)
+    assert np.isnan(found.value[1]) and found.status[1] == flatmin.Status.DIVERGED
+    assert np.all(clean.status < flatmin.Status.DIVERGED)
+    np.testing.assert_array_equal(found.value[[0, 2]], clean.value[[0, 2]])
+    np.testing.assert_array_equal(found.status[[0, 2]], clean.status[[0, 2]])
+
+
+def _trace(loss_fn, params, args, key):
+    """A measure for seed_measure: module-level, so its compiled program is reused."""
+    return flatmin.hessian_trace(loss_fn, params, args=args, key=key, num_samples=4).value
+
+
+def test_seed_measure_passes_each_seeds_arguments_and_shared_keys(digits, three_seeds):
+    """Oracle: each seed's hessian_trace alone, of Objective(model) with its own statistics."""
+    model, variables = three_seeds
+    x, y = jnp.asarray(digits.x_train[:300]), jnp.asarray(digits.y_train[:300])
+    key = jax.random.key(5)
+    got = flatmin.seed_measure(_trace, model, variables, x, y, key)
+    assert got.shape == (3,)
+    for seed in range(3):
+        v = _seed(variables, seed)
+        alone = _trace(Objective(model), v["params"], (v["batch_stats"], x, y), key)
+        # One seed alone and three vmapped compile to different float32 reductions.
+        np.testing.assert_allclose(got[seed], alone, rtol=1e-4)
 
 
 @pytest.mark.parametrize("size", [0, True, 1.5])
@@ -137,5 +178,5 @@ def test_stacked_seed_measures_refuse_bad_input_before_compiling(digits, three_s
         elif measure == "gradients":
             flatmin.seed_gradients(model, v, x, y)
         else:
-            flatmin.training.seeds.seed_measure(lambda f, p: f(p), model, v, x, y)
+            flatmin.training.seeds.seed_measure(lambda f, p, a: f(p, *a), model, v, x, y)
     assert not compiled

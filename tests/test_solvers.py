@@ -1,6 +1,7 @@
-"""Tests of the solver objects (flatmin.LBFGSB, flatmin.LBFGSB.paper(), flatmin.ProjectedGradient)
-through flatmin.sharpness: the paper's route against scipy's fmin_l_bfgs_b, exact evaluation
-counts, stopping per lane under vmap, compiled programs reused, configuration checked.
+"""Tests of the solver objects (flatmin.LBFGSB, flatmin.LBFGSB.paper(), flatmin.ProjectedGradient,
+flatmin.APGD) through flatmin.sharpness: the paper's route against scipy's fmin_l_bfgs_b, exact
+evaluation counts, stopping per lane under vmap, compiled programs reused, configuration
+checked, an overflow inside the box read as an infinite maximum.
 """
 
 import dataclasses
@@ -16,8 +17,9 @@ from oracles import halfwidths, phi, scipy_lbfgsb_route
 from trained import digits_arrays, train
 
 import flatmin
-from flatmin.measures import lbfgsb
-from flatmin.measures.solvers import solver_to_json
+from flatmin import solver_to_json
+from flatmin.measures import _lbfgsb as lbfgsb
+from flatmin.measures._lbfgsb import _subspace_step
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +50,13 @@ def test_paper_route_agrees_with_scipy(trained_mlps, eps, subspace):
             else None
         )
         reference, info = scipy_lbfgsb_route(loss, params, eps, A, maxiter=10)
-        result = flatmin.solve_sharpness(
-            loss, params, A, eps, solver=flatmin.LBFGSB.paper(), init="zero"
-        )
+        result = flatmin.solve_sharpness(loss, params, A, eps, solver=flatmin.LBFGSB.paper())
         value = float(result.value)
         assert reference > 0.0, name  # scipy moved: this case tests the iterations
         assert abs(value - reference) <= 0.1 * reference, (name, value, reference)
         assert int(result.num_steps) == info["nit"], (name, int(result.num_steps), info)
+        if info["nit"] == 10:
+            assert int(result.status) == flatmin.Status.FINISHED, name
 
 
 def _offset_quadratic(gradient_scale: float):
@@ -88,13 +90,14 @@ def test_paper_route_stops_where_scipy_stops():
     loss, params, phi_true = _offset_quadratic(gradient_scale=3e-6)
     reference, info = scipy_lbfgsb_route(loss, params, 1e-3)
     assert info["nit"] == 0 and reference == 0.0
-    paper = flatmin.solve_sharpness(loss, params, solver=flatmin.LBFGSB.paper(), init="zero")
+    paper = flatmin.solve_sharpness(loss, params, solver=flatmin.LBFGSB.paper())
     assert int(paper.num_steps) == 0 and float(paper.value) == 0.0
+    assert int(paper.status) == flatmin.Status.GRADIENT_TOLERANCE
     assert float(paper.projected_grad_start) < 1e-5
     assert int(paper.num_evaluations) == info["funcalls"] == 1
     maximiser = flatmin.solve_sharpness(loss, params)
     assert float(maximiser.value) >= 0.99 * phi_true
-    assert int(maximiser.num_steps) == 10
+    assert int(maximiser.num_steps) == 10 and int(maximiser.status) == flatmin.Status.FINISHED
 
 
 def test_lanes_stop_on_their_own_under_vmap():
@@ -106,11 +109,12 @@ def test_lanes_stop_on_their_own_under_vmap():
     solver = flatmin.LBFGSB.paper()
 
     def solve(p):
-        return flatmin.solve_sharpness(loss, p, solver=solver, init="zero")._replace(y=None)
+        return flatmin.solve_sharpness(loss, p, solver=solver)._replace(y=None)
 
     batched = jax.vmap(solve)(stacked)
     alone = [solve(p) for p in (params, moved)]
     assert [int(s) for s in batched.num_steps] == [int(a.num_steps) for a in alone]
+    assert [int(s) for s in batched.status] == [int(a.status) for a in alone]
     assert int(alone[0].num_steps) == 0 and int(alone[1].num_steps) > 0
     np.testing.assert_allclose(
         np.asarray(batched.value), [float(a.value) for a in alone], rtol=1e-5
@@ -133,13 +137,15 @@ def _counted(loss):
     [
         (flatmin.LBFGSB(maxiter=7), 7 + 1),
         (flatmin.ProjectedGradient(maxiter=7), 7 + 2),
+        (flatmin.APGD(maxiter=7), 7 + 1),
     ],
-    ids=["lbfgsb", "projected_gradient"],
+    ids=["lbfgsb", "projected_gradient", "apgd"],
 )
 def test_evaluations_are_counted_exactly(solver, per_solve):
-    """Oracle: a host callback inside f. flatmin's L-BFGS-B evaluates f (with its gradient)
-    once at the start and once per iteration: maxiter + 1, the floor; projected gradient once
-    more. sharpness adds one evaluation of f(x). The result reports the same count."""
+    """Oracle: a host callback inside f. flatmin's L-BFGS-B and APGD evaluate f (with its
+    gradient) once at the start and once per iteration: maxiter + 1, the floor; projected
+    gradient once more. sharpness adds one evaluation of f(x). The result reports the same
+    count."""
     loss, params, _ = _offset_quadratic(gradient_scale=1.0)
     counted, calls = _counted(loss)
     result = flatmin.solve_sharpness(counted, params, solver=solver)
@@ -155,7 +161,7 @@ def test_paper_route_reports_scipys_evaluations(trained_mlps):
     _, loss, params = trained_mlps[0]
     counted, calls = _counted(loss)
     _, info = scipy_lbfgsb_route(loss, params, 1e-3)
-    result = flatmin.solve_sharpness(counted, params, solver=flatmin.LBFGSB.paper(), init="zero")
+    result = flatmin.solve_sharpness(counted, params, solver=flatmin.LBFGSB.paper())
     jax.block_until_ready(result)
     jax.effects_barrier()
     assert int(result.num_evaluations) == info["funcalls"]
@@ -186,13 +192,13 @@ def test_branch_without_pairs_is_taken_per_batch(monkeypatch):
     vmapped twice) over lanes with and without pairs, every lane matches its own result, and
     the exact branch runs only in the lanes that hold pairs (a spy counts its runs)."""
     runs = []
-    exact = lbfgsb._step_off_the_faces
+    exact = _subspace_step.step_off_the_faces
 
     def spy(x, g, lower, upper, memory, M):
         jax.debug.callback(lambda count: runs.append(int(count)), memory.count)
         return exact(x, g, lower, upper, memory, M)
 
-    monkeypatch.setattr(lbfgsb, "_step_off_the_faces", spy)
+    monkeypatch.setattr(_subspace_step, "step_off_the_faces", spy)
     rng = np.random.default_rng(3)
     n, lanes = 40, 4
     x = jnp.asarray(rng.uniform(-0.5, 0.5, (lanes, n)), jnp.float32)
@@ -243,14 +249,18 @@ def test_paper_preset_and_json():
     assert paper.rescale is False
     assert flatmin.LBFGSB() == flatmin.LBFGSB() and hash(flatmin.LBFGSB()) == hash(flatmin.LBFGSB())
     assert flatmin.LBFGSB() != paper
+    assert paper.init == "zero" and paper.restarts == 1
+    assert flatmin.LBFGSB.paper(restarts=3).restarts == 3
     assert solver_to_json(paper) == {
-        "type": "LBFGSB", "maxiter": 10, "memory": 10, "pgtol": 1e-5, "factr": 1e7, "maxls": 20,
-        "rescale": False,
+        "type": "LBFGSB", "init": "zero", "restarts": 1, "maxiter": 10, "memory": 10,
+        "pgtol": 1e-5, "factr": 1e7, "maxls": 20, "rescale": False,
     }  # fmt: skip
     assert solver_to_json(flatmin.ProjectedGradient()) == {
-        "type": "ProjectedGradient",
-        "maxiter": 10,
-    }
+        "type": "ProjectedGradient", "init": "random", "restarts": 1, "maxiter": 10,
+    }  # fmt: skip
+    assert solver_to_json(flatmin.APGD(restarts=2)) == {
+        "type": "APGD", "init": "random", "restarts": 2, "maxiter": 20,
+    }  # fmt: skip
 
 
 BAD_SOLVERS = [
@@ -268,6 +278,18 @@ BAD_SOLVERS = [
     (flatmin.LBFGSB, {"rescale": 1}, "rescale"),
     (flatmin.ProjectedGradient, {"maxiter": 0}, "maxiter"),
     (flatmin.ProjectedGradient, {"maxiter": False}, "maxiter"),
+    (flatmin.APGD, {"maxiter": 0}, "maxiter"),
+    *[
+        (cls, fields, name)
+        for cls in (flatmin.LBFGSB, flatmin.ProjectedGradient, flatmin.APGD)
+        for fields, name in (
+            ({"init": "zeros"}, "init"),
+            ({"init": None}, "init"),
+            ({"restarts": 0}, "restarts"),
+            ({"restarts": True}, "restarts"),
+            ({"restarts": 1.0}, "restarts"),
+        )
+    ],
 ]
 
 
@@ -294,9 +316,14 @@ def _equations(jaxpr) -> int:
 
 
 @pytest.mark.parametrize(
-    "make", [lambda m: flatmin.LBFGSB(maxiter=m), lambda m: flatmin.ProjectedGradient(maxiter=m)],
-    ids=["lbfgsb", "projected_gradient"],
-)  # fmt: skip
+    "make",
+    [
+        lambda m: flatmin.LBFGSB(maxiter=m),
+        lambda m: flatmin.ProjectedGradient(maxiter=m),
+        lambda m: flatmin.APGD(maxiter=m),
+    ],
+    ids=["lbfgsb", "projected_gradient", "apgd"],
+)
 @pytest.mark.parametrize("space", ["full", "subspace"])
 def test_program_size_does_not_grow_with_maxiter(make, space):
     """The solver's loops are loops, not unrolled: the traced program for maxiter 100 has as
@@ -313,28 +340,76 @@ def test_program_size_does_not_grow_with_maxiter(make, space):
     assert size(3) == size(100) > 50
 
 
-@pytest.mark.parametrize(
-    "solver",
-    [flatmin.LBFGSB(), flatmin.LBFGSB.paper(), flatmin.ProjectedGradient()],
-    ids=["lbfgsb", "lbfgsb_paper", "projected_gradient"],
-)
+SOLVERS = {
+    "lbfgsb": flatmin.LBFGSB(restarts=4),
+    "lbfgsb_paper": flatmin.LBFGSB.paper(restarts=4),
+    "projected_gradient": flatmin.ProjectedGradient(restarts=4),
+    "apgd": flatmin.APGD(maxiter=10, restarts=4),
+}
+_C = jnp.array([1.0, -0.5, 0.25, 0.5, -1.0])
+
+
+def _convex(d):
+    """c.d + |d|^2: convex, so its maximum over a box sits at the vertex sign(c) r."""
+    return jnp.sum(_C * d) + jnp.sum(d**2)
+
+
 @pytest.mark.parametrize("init", ["zero", "random"])
-def test_a_step_into_non_finite_loss_is_discarded(solver, init):
-    """f is NaN where y_0 > r / 2 and rises towards +y_0 (every ascent heads there): the figure
-    is that of a point the solver kept, inside the box and in the finite region, and equals f
-    recomputed there (the NaN half never leaks into the value)."""
-    params = {"w": jnp.zeros(5)}
-    c = jnp.array([1.0, -0.5, 0.25, 0.5, -1.0])
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_an_overflow_inside_the_box_makes_the_maximum_infinite(name, init):
+    """f is NaN (an overflow) where y_0 > r / 2, and rises towards +y_0, where every ascent
+    heads: the maximum over the box is not a finite number, so the metric is inf, the status
+    says why, and y is the point where the loss was not finite (inside the box)."""
+    solver = dataclasses.replace(SOLVERS[name], init=init)
 
     def loss(p):
-        d = p["w"]
-        value = jnp.sum(c * d) + jnp.sum(d**2)
-        return jnp.where(d[0] > 0.25, jnp.nan, value)
+        return jnp.where(p["w"][0] > 0.25, jnp.nan, _convex(p["w"]))
 
-    result = flatmin.solve_sharpness(loss, params, eps=0.5, solver=solver, init=init,
-                                     key=jax.random.key(3), restarts=4)  # fmt: skip
+    result = flatmin.solve_sharpness(
+        loss, {"w": jnp.zeros(5)}, eps=0.5, solver=solver, key=jax.random.key(3)
+    )
     y = result.y["w"]
-    assert bool(jnp.all(jnp.abs(y) <= 0.5 + 1e-6)) and float(y[0]) <= 0.25
-    assert math.isfinite(float(result.value)) and float(result.value) > 0
+    assert float(result.value) == math.inf, (name, float(result.value))
+    assert int(result.status) == flatmin.Status.NONFINITE_NEARBY
+    assert bool(jnp.all(jnp.abs(y) <= 0.5 + 1e-6)) and float(y[0]) > 0.25
+    assert not math.isfinite(float(loss({"w": y})))
+    assert float(result.loss) == 0.0
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_an_overflow_outside_the_box_is_never_read(name):
+    """The same f with its NaN region moved just outside the box (y_0 > 0.6, r = 0.5): no
+    solver reads f outside the box, so the maximum is finite, at most the closed-form vertex
+    maximum sum(|c| r + r^2), equals f recomputed at y, and the maximisers reach it."""
+    solver = SOLVERS[name]
+
+    def loss(p):
+        return jnp.where(p["w"][0] > 0.6, jnp.nan, _convex(p["w"]))
+
+    result = flatmin.solve_sharpness(
+        loss, {"w": jnp.zeros(5)}, eps=0.5, solver=solver, key=jax.random.key(3)
+    )
+    closed_form = 100 * float(jnp.sum(jnp.abs(_C) * 0.5 + 0.25))
+    y = result.y["w"]
+    assert int(result.status) != flatmin.Status.NONFINITE_NEARBY
+    assert float(result.value) <= closed_form * (1 + 1e-6)
     np.testing.assert_allclose(float(result.max_loss), float(loss({"w": y})), rtol=1e-6)
-    np.testing.assert_allclose(float(result.value), 100 * float(result.max_loss), rtol=1e-6)
+    if name != "lbfgsb_paper":  # scipy's rules may stop the paper's route short of the vertex
+        np.testing.assert_allclose(float(result.value), closed_form, rtol=1e-5)
+
+
+def test_history_is_the_best_metric_after_each_iteration():
+    """Oracle: the solver's own best value. The history has one entry per iteration, never
+    decreases, starts at or above 0 (y = 0 is in the box) and ends at the metric."""
+    loss, params, _ = _offset_quadratic(gradient_scale=1.0)
+    for solver in (flatmin.LBFGSB(maxiter=6, restarts=2), flatmin.APGD(maxiter=6)):
+        result = flatmin.solve_sharpness(loss, params, solver=solver)
+        history = np.asarray(result.history)
+        assert history.shape == (6,) and np.all(history >= 0) and np.all(np.diff(history) >= 0)
+        np.testing.assert_allclose(history[-1], float(result.value), rtol=1e-4)
+
+
+def test_lbfgsb_refuses_a_ball():
+    """L-BFGS-B is a box solver: handed an l2 ball it says so, naming the alternatives."""
+    with pytest.raises(ValueError, match=r"box.*APGD"):
+        flatmin.LBFGSB().maximize(lambda y: jnp.sum(y), jnp.zeros(3), flatmin.Ball(1.0, 3))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import flatmin
-from flatmin.measures.sharpness import subspace_coordinates
+from flatmin.measures._subspace import subspace_coordinates
 
 
 def _params(dtype=jnp.float32):

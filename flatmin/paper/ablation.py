@@ -18,18 +18,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from flatmin._checks import check_one_of
-from flatmin.measures.reference import scipy_sharpness
-from flatmin.measures.subspace import random_subspace
-from flatmin.paper.configs import MAXIMISER_ROUTE, PAPER_ROUTE, PROTOCOLS, ExperimentConfig
+from flatmin.measures import random_subspace
+from flatmin.paper import configs
+from flatmin.paper.configs import PROTOCOLS, ExperimentConfig
 from flatmin.paper.keys import solve_key, subspace_key
 from flatmin.paper.protocol import setup, solve_columns, train_regime
+from flatmin.reference import scipy_sharpness
 from flatmin.runtime.checkpoint import RunDirectory, json_ready
 from flatmin.training.data import Dataset
-from flatmin.training.objective import BN_MODES, make_loss_fn
+from flatmin.training.objective import BN_MODES, Objective
 from flatmin.training.seeds import seed_gradients, seed_sharpness
 from flatmin.training.train import EpochMetrics
 
-ROUTES = ("paper", "scipy", "maximiser")
+# The routes a cell can take: the device solvers of `configs.ROUTES`, and "scipy": scipy's
+# fmin_l_bfgs_b itself, on the host (`flatmin.reference`), the authors' solve as they ran it.
+SCIPY = "scipy"
+ROUTES = (*configs.ROUTES, SCIPY)
+# The routes of the default design.
+DEFAULT_ROUTES = ("paper", SCIPY, "maximiser")
 # space name -> (distribution, unit-norm columns), None for the full space.
 SUBSPACES = {
     "full": None,
@@ -38,7 +44,6 @@ SUBSPACES = {
     "uniform": ("uniform", False),
     "uniform-normalized": ("uniform", True),
 }
-_DEVICE_ROUTES = {"paper": PAPER_ROUTE, "maximiser": MAXIMISER_ROUTE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +76,16 @@ def default_cells(eps: Sequence[float]) -> dict[str, list[Cell]]:
     mode in the full space at the first eps."""
     paper = [
         Cell(route, bn, subspace, e)
-        for route, bn, subspace, e in itertools.product(ROUTES, BN_MODES, ("full", "gaussian"), eps)
+        for route, bn, subspace, e in itertools.product(
+            DEFAULT_ROUTES, BN_MODES, ("full", "gaussian"), eps
+        )
     ]
     paper += [
         Cell(route, "running", subspace, eps[0])
         for route in ("paper", "maximiser")
         for subspace in ("gaussian-normalized", "uniform", "uniform-normalized")
     ]
-    equal = [Cell(route, bn, "full", eps[0]) for route in ROUTES for bn in BN_MODES]
+    equal = [Cell(route, bn, "full", eps[0]) for route in DEFAULT_ROUTES for bn in BN_MODES]
     return {"paper": paper, "equal-loss": equal}
 
 
@@ -204,23 +211,23 @@ def run_metric_ablation(
 
 def _measure(model, variables, x, y, A, cell: Cell, key, mesh) -> dict:
     """{value, num_steps, num_evaluations}: (S,) lists for one cell."""
-    if cell.route != "scipy":
-        route = _DEVICE_ROUTES[cell.route]
+    if cell.route != SCIPY:
         result = seed_sharpness(
-            model, variables, x, y, A, cell.eps, key=solve_key(key), solver=route.solver,
-            restarts=route.restarts, init=route.init, bn=cell.bn, mesh=mesh,
+            model, variables, x, y, A, cell.eps, key=solve_key(key),
+            solver=configs.ROUTES[cell.route], bn=cell.bn, mesh=mesh,
         )  # fmt: skip
         return {k: v for k, v in solve_columns(result).items() if k in _COLUMNS}
     # scipy drives its iterations from Python: one seed after another.
     out = {k: [] for k in _COLUMNS}
     num_seeds = jax.tree.leaves(variables)[0].shape[0]
+    objective = Objective(model, cell.bn)
     for seed in range(num_seeds):
         v = jax.tree.map(lambda leaf, s=seed: leaf[s], variables)
         if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(v)):
             found = (float("nan"), 0, 0)
         else:
-            loss_fn = make_loss_fn(model, v["batch_stats"], x, y, bn=cell.bn)
-            reference = scipy_sharpness(loss_fn, v["params"], A, cell.eps)
+            args = (v["batch_stats"], x, y)
+            reference = scipy_sharpness(objective, v["params"], A, cell.eps, args=args)
             found = (reference.value, reference.num_steps, reference.num_evaluations)
         for column, value in zip(_COLUMNS, found, strict=True):
             out[column].append(value)

@@ -16,14 +16,13 @@ from flatmin._checks import (
     check_optional_float,
     check_optional_int,
 )
-from flatmin.measures.solvers import LBFGSB, Solver, solver_to_json
-from flatmin.measures.subspace import DISTRIBUTIONS
+from flatmin.measures import LBFGSB, ProjectedGradient, Solver, solver_to_json
+from flatmin.measures._solvers import check_solver
+from flatmin.measures._subspace import DISTRIBUTIONS
 from flatmin.runtime.checkpoint import json_ready
 from flatmin.training.data import DATASETS
 from flatmin.training.models import MODELS
 from flatmin.training.objective import BN_MODES
-
-INITS = ("random", "zero")
 
 PROTOCOLS = ("paper", "equal-loss")
 SPACES = ("full", "subspace")
@@ -54,32 +53,17 @@ class Regime:
         return max(1, math.floor(self.batch * train_size + 1e-9))
 
 
-@dataclasses.dataclass(frozen=True)
-class Route:
-    """How Metric 2.1's inner maximum is solved: a solver, a start (`init`) and restarts."""
-
-    solver: Solver
-    init: str = "random"
-    restarts: int = 1
-
-    def __post_init__(self):
-        if not callable(getattr(self.solver, "maximize", None)):
-            raise ValueError(
-                f"solver must be a solver object such as flatmin.LBFGSB(), got {self.solver!r}"
-            )
-        check_one_of("init", self.init, INITS)
-        check_int("restarts", self.restarts, minimum=1)
-
-    def to_json(self) -> dict:
-        return {"solver": solver_to_json(self.solver), "init": self.init, "restarts": self.restarts}
-
-
-# The authors' route: scipy's L-BFGS-B with its default stopping rules, from y = 0.
-PAPER_ROUTE = Route(LBFGSB.paper(), init="zero")
-# flatmin's maximiser: no stopping rule, 10 iterations on the rescaled objective, the best of 4
-# random starts.
-MAXIMISER_ROUTE = Route(LBFGSB(), init="random", restarts=4)
-ROUTES = {"paper": PAPER_ROUTE, "maximiser": MAXIMISER_ROUTE}
+# The ways of solving Metric 2.1's inner maximum, by name: each a solver that carries its start
+# and restarts. The authors' route: scipy's L-BFGS-B with its default stopping rules, from
+# y = 0. flatmin's maximiser: no stopping rule, 10 iterations on the rescaled objective, the
+# best of 4 random starts. Every config, flag and table names routes from here.
+ROUTES: dict[str, Solver] = {
+    "paper": LBFGSB.paper(),
+    "maximiser": LBFGSB(restarts=4),
+    "projected-gradient": ProjectedGradient(restarts=4),
+}
+# The routes configs measure by default.
+DEFAULT_ROUTES = ("paper", "maximiser")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +84,7 @@ class ExperimentConfig:
       eps: box sizes of Metric 2.1.
       spaces: where Metric 2.1 is measured: "full" (A = I, Table 3) and "subspace" (Table 4).
       subspace_dim, subspace_distribution, subspace_normalize: the random subspace A.
-      routes: name -> `Route`, every way Metric 2.1 is solved and reported.
+      routes: name -> solver (`ROUTES`), every way Metric 2.1 is solved and reported.
       bn: "running" (batch norm on its running averages, the default f) or "batch" (on the
         training set's own statistics, as the authors' Keras code normalised).
       noise_samples: evaluations of each figure's noise floor (`flatmin.noise_floor` of seed 0:
@@ -127,7 +111,9 @@ class ExperimentConfig:
     subspace_dim: int = 100
     subspace_distribution: str = "gaussian"
     subspace_normalize: bool = False
-    routes: Mapping[str, Route] = dataclasses.field(default_factory=lambda: dict(ROUTES))
+    routes: Mapping[str, Solver] = dataclasses.field(
+        default_factory=lambda: {name: ROUTES[name] for name in DEFAULT_ROUTES}
+    )
     bn: str = "running"
     noise_samples: int = 4
     sweep_batch_sizes: tuple[int | float, ...] = (256, 512, 1024, 2048, 4096, 8192)
@@ -167,8 +153,13 @@ class ExperimentConfig:
             raise ValueError(
                 f"subspace_normalize must be True or False, got {self.subspace_normalize!r}"
             )
-        if not self.routes or not all(isinstance(r, Route) for r in self.routes.values()):
-            raise ValueError(f"routes must map names to Route values, got {self.routes!r}")
+        if not self.routes or not isinstance(self.routes, Mapping):
+            raise ValueError(f"routes must map names to solvers, got {self.routes!r}")
+        for name, solver in self.routes.items():
+            try:
+                check_solver(solver)
+            except ValueError as error:
+                raise ValueError(f"routes[{name!r}]: {error}") from None
         check_one_of("bn", self.bn, BN_MODES)
         if self.noise_samples != 0:
             check_int("noise_samples", self.noise_samples, minimum=2, note="or 0 for none")
@@ -211,7 +202,7 @@ class ExperimentConfig:
         """The config as plain JSON (regimes, routes and solvers spelled out)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["regimes"] = {r.name: r.batch for r in self.regimes}
-        fields["routes"] = {name: route.to_json() for name, route in self.routes.items()}
+        fields["routes"] = {name: solver_to_json(route) for name, route in self.routes.items()}
         return json_ready(fields)
 
 

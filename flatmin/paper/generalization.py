@@ -9,16 +9,21 @@ trained network, as Jiang et al. (2020) rank generalization measures.
 """
 
 from collections.abc import Callable
-from functools import partial
 
 import jax
 import numpy as np
 import scipy.stats
 
-from flatmin.measures.adaptive import average_case_sharpness, pac_bayes_sigma, worst_case_sharpness
-from flatmin.measures.hessian import hessian_eigenvalues, hessian_trace
-from flatmin.measures.sharpness import sharpness
-from flatmin.paper.configs import MAXIMISER_ROUTE, PAPER_ROUTE, ExperimentConfig, Regime
+from flatmin.measures import (
+    APGD,
+    average_case_sharpness,
+    hessian_eigenvalues,
+    hessian_trace,
+    pac_bayes_sigma,
+    sharpness,
+    worst_case_sharpness,
+)
+from flatmin.paper.configs import ROUTES, ExperimentConfig, Regime
 from flatmin.paper.keys import measures_key, solve_key
 from flatmin.paper.protocol import setup, train_regime
 from flatmin.runtime.checkpoint import RunDirectory, json_ready
@@ -26,74 +31,82 @@ from flatmin.training.data import Dataset
 from flatmin.training.seeds import seed_measure
 from flatmin.training.train import EpochMetrics
 
-
-def _metric21(route, eps, key, loss_fn, params):
-    return sharpness(
-        loss_fn, params, eps=eps, solver=route.solver, key=key, restarts=route.restarts,
-        init=route.init,
-    )  # fmt: skip
+# Each measure is a module-level function measure(loss_fn, params, args, key, eps) -> scalar:
+# one function object each, static under jit, so the compiled programs are reused; the key and
+# eps are traced arguments.
 
 
-def _worst(norm, rho, key, loss_fn, params):
-    return worst_case_sharpness(loss_fn, params, rho, norm=norm, adaptive=True, key=key).value
+def _metric21_paper(loss_fn, params, args, key, eps):
+    return sharpness(loss_fn, params, eps=eps, args=args, solver=ROUTES["paper"], key=key)
 
 
-def _average(sigma, key, loss_fn, params):
-    return average_case_sharpness(
-        loss_fn, params, sigma, adaptive=True, num_samples=32, key=key
+def _metric21_max(loss_fn, params, args, key, eps):
+    return sharpness(loss_fn, params, eps=eps, args=args, solver=ROUTES["maximiser"], key=key)
+
+
+def _worst_linf(loss_fn, params, args, key, eps):
+    return worst_case_sharpness(loss_fn, params, 1e-3, args=args, solver=APGD(), key=key).value
+
+
+def _worst_l2(loss_fn, params, args, key, eps):
+    return worst_case_sharpness(
+        loss_fn, params, 0.1, args=args, norm=2, solver=APGD(), key=key
     ).value
 
 
-def _pac_bayes(target, key, loss_fn, params):
+def _average(loss_fn, params, args, key, eps):
+    return average_case_sharpness(loss_fn, params, 0.01, args=args, num_samples=32, key=key).value
+
+
+def _pac_bayes(loss_fn, params, args, key, eps):
     # Jiang et al.'s plain sigma (their best-ranked flatness measure, 1/sigma^2).
-    return pac_bayes_sigma(loss_fn, params, target, adaptive=False, key=key).flatness
+    return pac_bayes_sigma(loss_fn, params, 0.1, args=args, adaptive=False, key=key).flatness
 
 
-def _top_eigenvalue(key, loss_fn, params):
-    return hessian_eigenvalues(loss_fn, params, 1, key=key, num_iterations=20)[0]
+def _top_eigenvalue(loss_fn, params, args, key, eps):
+    return hessian_eigenvalues(loss_fn, params, 1, args=args, key=key, num_iterations=20).value[0]
 
 
-def _trace(key, loss_fn, params):
-    return hessian_trace(loss_fn, params, key=key, num_samples=20, batch_size=10).trace
+def _trace(loss_fn, params, args, key, eps):
+    return hessian_trace(loss_fn, params, args=args, key=key, num_samples=20, batch_size=10).value
 
 
-def measures(key: jax.Array, eps: float) -> dict[str, tuple[str, Callable]]:
-    """name -> (what it is, measure(loss_fn, params) -> scalar): one function object each, so
-    the compiled programs are reused across runs."""
+def measures(key: jax.Array, eps: float) -> dict[str, tuple[str, Callable, jax.Array]]:
+    """name -> (what it is, measure(loss_fn, params, args, key, eps) -> scalar, its key)."""
     k = measures_key(key)
     return {
         "metric21_paper": (
             f"Metric 2.1, full space, eps {eps:g}, the authors' route (LBFGSB.paper(), y0 = 0)",
-            partial(_metric21, PAPER_ROUTE, eps, solve_key(key)),
+            _metric21_paper,
+            solve_key(key),
         ),
         "metric21_max": (
             f"Metric 2.1, full space, eps {eps:g}, flatmin's maximiser (best of 4 starts)",
-            partial(_metric21, MAXIMISER_ROUTE, eps, solve_key(key)),
+            _metric21_max,
+            solve_key(key),
         ),
         "worst_linf": (
             "adaptive worst-case sharpness, l-inf ball rho 1e-3 (scaled by |w|), APGD",
-            partial(_worst, "inf", 1e-3, k),
+            _worst_linf,
+            k,
         ),
         "worst_l2": (
             "adaptive worst-case sharpness, l2 ball rho 0.1 (scaled by |w|), APGD",
-            partial(_worst, 2, 0.1, k),
+            _worst_l2,
+            k,
         ),
         "average": (
             "adaptive average-case sharpness, Gaussian sigma 0.01 (scaled by |w|), 32 samples",
-            partial(_average, 0.01, k),
+            _average,
+            k,
         ),
         "pac_bayes_flatness": (
             "PAC-Bayes flatness 1/sigma^2, sigma: expected loss increase 0.1 (Jiang et al.)",
-            partial(_pac_bayes, 0.1, k),
+            _pac_bayes,
+            k,
         ),
-        "hessian_top": (
-            "largest Hessian eigenvalue (Lanczos, 20 iterations)",
-            partial(_top_eigenvalue, k),
-        ),
-        "hessian_trace": (
-            "Hessian trace (Hutchinson, 20 probes)",
-            partial(_trace, k),
-        ),
+        "hessian_top": ("largest Hessian eigenvalue (Lanczos, 20 iterations)", _top_eigenvalue, k),
+        "hessian_trace": ("Hessian trace (Hutchinson, 20 probes)", _trace, k),
     }
 
 
@@ -134,7 +147,15 @@ def run_measures(
             measure: staged(
                 f"{name}-{measure}",
                 lambda measure=measure, trained=trained: seed_measure(
-                    table[measure][1], model, trained.variables, x, y, bn=config.bn, mesh=mesh
+                    table[measure][1],
+                    model,
+                    trained.variables,
+                    x,
+                    y,
+                    table[measure][2],
+                    np.float32(eps),
+                    bn=config.bn,
+                    mesh=mesh,
                 ),
             )
             for measure in names

@@ -17,16 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flatmin.measures.noise import noise_floor
-from flatmin.measures.sharpness import sharpness
-from flatmin.measures.subspace import random_subspace
+from flatmin.measures import Solver, noise_floor, random_subspace, sharpness
 from flatmin.paper.configs import ExperimentConfig
 from flatmin.paper.keys import noise_key, seed_keys, solve_key, subspace_key
 from flatmin.runtime.checkpoint import RunDirectory, json_ready
 from flatmin.runtime.sharding import check_mesh, place, replicated
 from flatmin.training.data import Dataset, load_dataset
 from flatmin.training.models import build_model
-from flatmin.training.objective import make_loss_fn
+from flatmin.training.objective import Objective
 from flatmin.training.seeds import seed_gradients, seed_sharpness
 from flatmin.training.train import EpochMetrics, TrainResult, train_seeds
 
@@ -107,15 +105,14 @@ def measure_routes(
     None) at every eps: {route: {space: {eps: {field: (S,) list}}}}, each solve a stage
     `prefix-route-space-eps` of `staged` (memoised, so a rerun skips it)."""
     solves: dict = {}
-    for route_name, route in config.routes.items():
+    for route_name, solver in config.routes.items():
         solves[route_name] = {}
         for space, matrix in spaces.items():
             solves[route_name][space] = {}
             for e in eps or config.eps:
                 solve = partial(
                     seed_sharpness, model, variables, x, y, matrix, e, key=solve_key(key),
-                    solver=route.solver, restarts=route.restarts, init=route.init, bn=config.bn,
-                    mesh=mesh,
+                    solver=solver, bn=config.bn, mesh=mesh,
                 )  # fmt: skip
                 solves[route_name][space][str(e)] = staged(
                     f"{prefix}-{route_name}-{space}-{e}", lambda solve=solve: solve_columns(solve())
@@ -139,18 +136,18 @@ def noise_floors(
     Metric 2.1 by each route: parameters perturbed at float32's rounding scale (relative
     1e-7), the route's random starts redrawn, config.noise_samples times."""
     seed0 = jax.tree.map(lambda leaf: leaf[0], variables)
+    objective = Objective(model, config.bn)
     out: dict = {}
-    for route_name, route in config.routes.items():
+    for route_name, solver in config.routes.items():
         out[route_name] = {}
         for space, matrix in spaces.items():
             out[route_name][space] = {}
             for e in config.eps:
 
-                def floor(route=route, matrix=matrix, e=e):
+                def floor(solver=solver, matrix=matrix, e=e):
                     found = _noise_floor(
-                        model, seed0, x, y, matrix, e, noise_key(key), solver=route.solver,
-                        restarts=route.restarts, init=route.init, samples=config.noise_samples,
-                        bn=config.bn,
+                        objective, seed0, x, y, matrix, e, noise_key(key), solver=solver,
+                        samples=config.noise_samples,
                     )  # fmt: skip
                     return {k: v for k, v in found._asdict().items() if k != "values"}
 
@@ -160,14 +157,15 @@ def noise_floors(
     return out
 
 
-@partial(jax.jit, static_argnames=("model", "solver", "restarts", "init", "samples", "bn"))
-def _noise_floor(model, variables, x, y, A, eps, key, *, solver, restarts, init, samples, bn):
-    loss_fn = make_loss_fn(model, variables["batch_stats"], x, y, bn=bn)
+@partial(jax.jit, static_argnames=("objective", "solver", "samples"))
+def _noise_floor(objective, variables, x, y, A, eps, key, *, solver: Solver, samples: int):
+    def measure(p, *args, key):
+        return sharpness(objective, p, A, eps, args=args, solver=solver, key=key)
 
-    def measure(p, k):
-        return sharpness(loss_fn, p, A, eps, solver=solver, key=k, restarts=restarts, init=init)
-
-    return noise_floor(measure, variables["params"], key=key, num_samples=samples, keyed=True)
+    args = (variables["batch_stats"], x, y)
+    return noise_floor(
+        measure, variables["params"], args=args, key=key, num_samples=samples, keyed=True
+    )
 
 
 def stager(run: RunDirectory | None) -> Callable[[str, Callable[[], dict]], dict]:

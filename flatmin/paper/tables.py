@@ -1,4 +1,4 @@
-"""Tables 2-4 of the paper as Markdown, our figures beside the paper's (shared/paper/setups.md)."""
+"""Tables 2-4 of the paper as Markdown, our figures beside the paper's (docs/paper.md)."""
 
 import math
 from collections.abc import Sequence
@@ -50,7 +50,9 @@ _SPACE_TITLES = {
 
 def describe_solver(solver: dict) -> str:
     """A results.json solver entry ({"type": ..., fields}) in one line."""
-    fields = ", ".join(f"{k} {v}" for k, v in solver.items() if k != "type")
+    fields = ", ".join(
+        f"{k} {v}" for k, v in solver.items() if k not in ("type", "init", "restarts")
+    )
     return f"{solver['type']} ({fields})"
 
 
@@ -73,9 +75,11 @@ def _paper(pair: tuple[float, float] | None) -> str:
 
 
 def describe_route(route: dict) -> str:
-    """A results.json route entry in one line."""
+    """A results.json route entry in one line: a solver with its start and restarts (results
+    written before solvers carried them nest the solver: {"solver", "init", "restarts"})."""
+    solver = route.get("solver", route)
     restarts = f", {route['restarts']} starts" if route["restarts"] > 1 else ""
-    return f"{describe_solver(route['solver'])} from y0 {route['init']}{restarts}"
+    return f"{describe_solver(solver)} from y0 {route['init']}{restarts}"
 
 
 def format_tables(results: dict) -> str:

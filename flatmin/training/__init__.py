@@ -3,8 +3,8 @@ many seeds trained at once, and measures over stacked seeds."""
 
 from flatmin.training.data import DATASETS, Dataset, DatasetNotFoundError, load_dataset
 from flatmin.training.models import MODELS, build_model, init_variables
-from flatmin.training.objective import batch_norm_statistics, evaluate, make_loss_fn
-from flatmin.training.seeds import seed_gradients, seed_sharpness
+from flatmin.training.objective import Objective, batch_norm_statistics, evaluate
+from flatmin.training.seeds import seed_gradients, seed_measure, seed_sharpness
 from flatmin.training.train import EpochMetrics, Schedule, TrainResult, train_seeds
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "EpochMetrics",
+    "Objective",
     "Schedule",
     "TrainResult",
     "batch_norm_statistics",
@@ -20,8 +21,8 @@ __all__ = [
     "evaluate",
     "init_variables",
     "load_dataset",
-    "make_loss_fn",
     "seed_gradients",
+    "seed_measure",
     "seed_sharpness",
     "train_seeds",
 ]

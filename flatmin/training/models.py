@@ -9,7 +9,7 @@ deterministic function of the parameters, one example at a time.
 
 The input shape is not fixed here: it comes from the array given to ``init``, so the conv nets
 also run on 8x8 images. Layer order, widths and dropout rates follow the authors' Keras code
-(shared/paper/setups.md). Kernels use Glorot-uniform initialisation, Keras's default
+(docs/paper.md). Kernels use Glorot-uniform initialisation, Keras's default
 that the authors' code relied on; biases start at zero.
 """
 

@@ -1,9 +1,11 @@
-"""The training objective f as a pure function of the parameters, in evaluation mode.
+"""The training objective f as a pure function of the parameters and the data, evaluation mode.
 
 Sharpness, Hessians and landscapes all measure the same f: the mean cross-entropy over a whole
-data set with batch norm on its running statistics and dropout off, so f depends on the
-parameters alone. It is evaluated in fixed-size chunks under `jax.lax.map`, so memory stays
-bounded on CIFAR-sized sets whatever the data set's size.
+data set with batch norm on its running statistics and dropout off. `Objective(model)` is that
+f as `f(params, batch_stats, x, y)`: the measures take it with `args=(batch_stats, x, y)`, so
+the data and statistics enter their compiled programs as arguments and another data set or
+seed of the same shapes reuses them. It is evaluated in fixed-size chunks under `jax.lax.map`,
+so memory stays bounded on CIFAR-sized sets whatever the data set's size.
 
 `batch_norm_statistics` gives the statistics that belong to a set of parameters: the exact mean
 and variance of every batch-norm layer's input over a whole data set. Parameters that training
@@ -11,8 +13,8 @@ never visited (a point on the line between two solutions) have no running statis
 own; SWA's "bn_update" recomputes them the same way, from minibatch estimates.
 """
 
+import dataclasses
 import math
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -26,7 +28,7 @@ from flatmin._checks import check_finite_array, check_int, check_one_of, is_conc
 
 PyTree = Any
 
-# How batch norm normalises inside f (see `make_loss_fn`).
+# How batch norm normalises inside f (see `Objective`).
 BN_MODES = ("running", "batch")
 
 
@@ -77,46 +79,62 @@ def _evaluate(model, params, batch_stats, x, y, chunk_size):
     return jnp.sum(ce_sums) / n, jnp.sum(correct_counts) / n
 
 
-def make_loss_fn(
-    model: nn.Module,
-    batch_stats: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    chunk_size: int = 2048,
-    bn: str = "running",
-) -> Callable[[PyTree], jax.Array]:
-    """f(params) -> scalar: the mean cross-entropy over (x, y), dropout off.
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """f(params, batch_stats, x, y) -> scalar: the mean cross-entropy over (x, y), dropout off.
 
-    Args:
+    A value (equal for equal models and settings, hence one compiled program per model and
+    shapes): pass it to any measure with `args=(batch_stats, x, y)`, e.g.
+    ``flatmin.sharpness(flatmin.Objective(model), params, args=(batch_stats, x, y))``.
+
+    Attributes:
+      model: a flax module called as ``model.apply(variables, x, train=False)``.
       bn: how batch norm normalises. "running": by `batch_stats`, the running averages, fixed
-        (they are not parameters being perturbed): evaluation mode, f a function of the
-        parameters alone. "batch": by the statistics of the whole of x under the parameters
-        being evaluated (training mode, all N examples as one batch), as the authors' Keras
-        code normalised even at test time; batch_stats is unused, and x goes through in one
-        forward pass, so memory grows with N (chunk_size is unused).
-
-    Raises:
-      ValueError: naming the argument, here and not when f is called: see `check_examples`
-        (num_classes from the width of the model's freshly initialised output), and an unknown
-        bn. With x or y traced (make_loss_fn called under `jax.jit`), only their shapes and
-        dtypes are checked, as in `evaluate`.
+        (they are not parameters being perturbed): evaluation mode. "batch": by the statistics
+        of the whole of x under the parameters being evaluated (training mode, all N examples
+        as one batch), as the authors' Keras code normalised even at test time; batch_stats is
+        unused, and x goes through in one forward pass, so memory grows with N (chunk_size is
+        unused).
+      chunk_size: examples per forward pass ("running"); the last chunk is padded and masked.
     """
-    check_one_of("bn", bn, BN_MODES)
-    chunk_size = check_examples(model, x, y, chunk_size)
 
-    if bn == "batch":
+    model: nn.Module
+    bn: str = "running"
+    chunk_size: int = 2048
 
-        def loss_fn(params: PyTree) -> jax.Array:
-            logits = _batch_mode_logits(model, params, batch_stats, x)
+    def __post_init__(self):
+        if not isinstance(self.model, nn.Module):
+            raise ValueError(f"model must be a flax.linen.Module, got {type(self.model).__name__}")
+        check_one_of("bn", self.bn, BN_MODES)
+        object.__setattr__(self, "chunk_size", check_int("chunk_size", self.chunk_size, minimum=1))
+
+    def __call__(self, params: PyTree, batch_stats: PyTree, x: jax.Array, y: jax.Array):
+        if self.bn == "batch":
+            logits = _batch_mode_logits(self.model, params, batch_stats, x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return _evaluate(self.model, params, batch_stats, x, y, self.chunk_size)[0]
 
-        return loss_fn
+    def validate(self, params: PyTree, *args) -> None:
+        """Checks the arguments a measure will pass, before it compiles anything: args must be
+        (batch_stats, x, y), with x and y as `check_examples` requires them for the model
+        (shapes always, values when concrete).
 
-    def loss_fn(params: PyTree) -> jax.Array:
-        return _evaluate(model, params, batch_stats, x, y, chunk_size)[0]
-
-    return loss_fn
+        Raises:
+          ValueError: naming the argument.
+        """
+        if len(args) != 3:
+            raise ValueError(
+                "args must be (batch_stats, x, y) for a flatmin.Objective, got "
+                f"{len(args)} argument(s)"
+            )
+        batch_stats, x, y = args
+        check_examples(
+            self.model,
+            x,
+            y,
+            self.chunk_size,
+            variables={"params": params, "batch_stats": batch_stats},
+        )
 
 
 def _batch_mode_logits(model, params, batch_stats, x):

@@ -1,10 +1,12 @@
 """Measures of many trained seeds at once: variables stacked over seeds, solved vmapped.
 
-Each seed's f is its own evaluation-mode training loss (`make_loss_fn`, its own batch-norm
-statistics); the seeds are sharded over a mesh (default: all devices) and solved in groups
-through one compiled program. A diverged seed gives NaN, never an error.
+Each seed's f is `Objective(model)` with its own batch-norm statistics as an argument: the
+measure is `jax.vmap`ped over the stacked (params, batch_stats), the data passed once. The
+seeds are sharded over a mesh (default: all devices) and solved in groups through one compiled
+program. A diverged seed gives NaN and status DIVERGED, never an error.
 """
 
+import dataclasses
 import operator
 from functools import partial
 
@@ -14,8 +16,8 @@ import numpy as np
 
 from flatmin._checks import check_floating_pytree, check_optional_int, check_scalar
 from flatmin._vmap import vmap_leading
-from flatmin.measures.sharpness import SharpnessResult, solve_sharpness
-from flatmin.measures.solvers import LBFGSB, Solver
+from flatmin.measures import LBFGSB, SharpnessResult, Solver, solve_sharpness
+from flatmin.measures._solvers import check_solver
 from flatmin.runtime.sharding import (
     check_mesh,
     gather,
@@ -25,7 +27,7 @@ from flatmin.runtime.sharding import (
     replicated,
     seed_sharding,
 )
-from flatmin.training.objective import check_examples, make_loss_fn
+from flatmin.training.objective import Objective, check_examples
 
 
 def seed_sharpness(
@@ -33,20 +35,18 @@ def seed_sharpness(
     variables: dict,
     x: jax.Array,
     y: jax.Array,
-    A: jax.Array | None,
-    eps: float,
+    A: jax.Array | None = None,
+    eps: float = 1e-3,
     *,
-    key: jax.Array,
+    key: jax.Array | None = None,
     solver: Solver = LBFGSB(),
-    restarts: int = 1,
-    init: str = "random",
     bn: str = "running",
     chunk_size: int = 2048,
     seeds_per_solve: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> SharpnessResult:
-    """Metric 2.1 of every seed (see `flatmin.solve_sharpness` for A, eps, solver, key,
-    restarts, init; `make_loss_fn` for bn).
+    """Metric 2.1 of every seed: `flatmin.solve_sharpness` (same A, eps, solver, key and
+    defaults) of `Objective(model, bn, chunk_size)` with args (the seed's batch_stats, x, y).
 
     seeds_per_solve: how many seeds one vmapped solve takes (rounded up to a multiple of the
       mesh size; None: all of them); the groups run one after another through the same
@@ -54,8 +54,8 @@ def seed_sharpness(
       vmapped loss evaluation holds every seed's activations): give a size for many seeds.
 
     Returns:
-      A `SharpnessResult` of (S,) NumPy arrays, y left out (None): it is as large as the
-      variables.
+      A `SharpnessResult` of (S,) NumPy arrays ((S, maxiter) for history), y left out (None):
+      it is as large as the variables.
 
     Raises:
       ValueError: before anything is compiled: eps not > 0; variables, x or y that
@@ -63,10 +63,24 @@ def seed_sharpness(
     """
     seeds_per_solve = check_optional_int("seeds_per_solve", seeds_per_solve, minimum=1)
     check_scalar("eps", eps, above=0)
+    check_solver(solver)
+    objective = Objective(model, bn, chunk_size)
     check_seeds(model, variables, x, y, chunk_size)
-    solve = partial(_seed_sharpness, model, solver=solver, restarts=restarts, init=init, bn=bn,
-                    chunk=chunk_size)  # fmt: skip
-    return _in_groups(solve, variables, (x, y, A, np.float32(eps), key), seeds_per_solve, mesh)
+
+    shared = (A, np.float32(eps), key if key is not None else jax.random.key(0))
+    return _in_groups(objective, _Sharpness(solver), variables, x, y, shared, seeds_per_solve, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sharpness:
+    """One seed's `solve_sharpness` without y; a value, so `_over_seeds` compiles once per
+    solver."""
+
+    solver: Solver
+
+    def __call__(self, loss_fn, params, args, A, eps, key) -> SharpnessResult:
+        found = solve_sharpness(loss_fn, params, A, eps, args=args, solver=self.solver, key=key)
+        return found._replace(y=None)
 
 
 def seed_gradients(
@@ -82,8 +96,18 @@ def seed_gradients(
     """Every seed's f and the infinity- and 2-norm of its gradient at the trained parameters,
     (S,) each: how stationary each solution is (scipy's pgtol tests a projected gradient)."""
     check_seeds(model, variables, x, y, chunk_size)
-    solve = partial(_seed_gradients, model, bn=bn, chunk=chunk_size)
-    return _in_groups(solve, variables, (x, y), None, mesh)
+    objective = Objective(model, bn, chunk_size)
+    return _in_groups(objective, _gradients, variables, x, y, (), None, mesh)
+
+
+def _gradients(loss_fn, params, args) -> dict:
+    loss, grad = jax.value_and_grad(loss_fn)(params, *args)
+    flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grad)])
+    return {
+        "loss": loss,
+        "grad_inf_norm": jnp.max(jnp.abs(flat)),
+        "grad_2_norm": jnp.linalg.norm(flat),
+    }
 
 
 def seed_measure(
@@ -92,19 +116,22 @@ def seed_measure(
     variables: dict,
     x: jax.Array,
     y: jax.Array,
-    *,
+    *shared,
     bn: str = "running",
     chunk_size: int = 2048,
     seeds_per_solve: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ):
-    """`measure(loss_fn, params)` (a pytree of arrays) of every seed, vmapped: any measure of
-    flatmin.measures, its f each seed's own training loss. `measure` is static under jit:
+    """`measure(loss_fn, params, args, *shared)` (a pytree of arrays) of every seed, vmapped
+    over the stacked (params, batch_stats): any measure of flatmin.measures with loss_fn =
+    `Objective(model, bn, chunk_size)` and args = (the seed's batch_stats, x, y), e.g.
+    ``lambda f, p, a, k: flatmin.hessian_trace(f, p, args=a, key=k).value`` with shared =
+    (key,). `shared` arrays are the same for every seed, traced. `measure` is static under jit:
     pass the same function object to reuse the compiled program. Leaves gain a seed axis."""
     seeds_per_solve = check_optional_int("seeds_per_solve", seeds_per_solve, minimum=1)
     check_seeds(model, variables, x, y, chunk_size)
-    solve = partial(_seed_measure, model, measure=measure, bn=bn, chunk=chunk_size)
-    return _in_groups(solve, variables, (x, y), seeds_per_solve, mesh)
+    objective = Objective(model, bn, chunk_size)
+    return _in_groups(objective, measure, variables, x, y, shared, seeds_per_solve, mesh)
 
 
 def check_seeds(model, variables: dict, x: jax.Array, y: jax.Array, chunk_size: int) -> int:
@@ -142,51 +169,26 @@ def check_seeds(model, variables: dict, x: jax.Array, y: jax.Array, chunk_size: 
     return leading.pop()
 
 
-def _in_groups(solve, variables, shared, group_size, mesh) -> dict | SharpnessResult:
-    """solve(variables_group, *shared) over groups of seeds, sharded and gathered."""
+def _in_groups(objective, measure, variables, x, y, shared, group_size, mesh):
+    """`measure` of every seed, over groups of seeds, sharded and gathered (NumPy arrays)."""
     mesh = check_mesh(mesh)
     num_seeds = jax.tree.leaves(variables)[0].shape[0]
     group = padded_size(min(group_size or num_seeds, num_seeds), mesh)
-    shared = place(shared, replicated(mesh))
+    data = place((x, y, *shared), replicated(mesh))
     parts = []
     for start in range(0, num_seeds, group):
         part = jax.tree.map(operator.itemgetter(slice(start, start + group)), variables)
         size = jax.tree.leaves(part)[0].shape[0]
         part = place(pad_seeds(part, group), seed_sharding(mesh))
-        parts.append(gather(solve(part, *shared), size))
+        parts.append(gather(_over_seeds(objective, measure, part, *data), size))
     return jax.tree.map(lambda *columns: np.concatenate(columns), *parts)
 
 
-@partial(jax.jit, static_argnames=("model", "solver", "restarts", "init", "bn", "chunk"))
-def _seed_sharpness(model, variables, x, y, A, eps, key, *, solver, restarts, init, bn, chunk):
+@partial(jax.jit, static_argnames=("objective", "measure"))
+def _over_seeds(objective, measure, variables, x, y, *shared):
+    """measure(objective, params, (batch_stats, x, y), *shared), vmapped over the seeds."""
+
     def one(params, batch_stats):
-        loss_fn = make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn)
-        result = solve_sharpness(
-            loss_fn, params, A, eps, solver=solver, key=key, restarts=restarts, init=init
-        )
-        return result._replace(y=None)
+        return measure(objective, params, (batch_stats, x, y), *shared)
 
-    return vmap_leading(one, variables["params"], variables["batch_stats"])
-
-
-@partial(jax.jit, static_argnames=("model", "measure", "bn", "chunk"))
-def _seed_measure(model, variables, x, y, *, measure, bn, chunk):
-    def one(params, batch_stats):
-        return measure(make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn), params)
-
-    return vmap_leading(one, variables["params"], variables["batch_stats"])
-
-
-@partial(jax.jit, static_argnames=("model", "bn", "chunk"))
-def _seed_gradients(model, variables, x, y, *, bn, chunk):
-    def one(params, batch_stats):
-        loss_fn = make_loss_fn(model, batch_stats, x, y, chunk_size=chunk, bn=bn)
-        loss, grad = jax.value_and_grad(loss_fn)(params)
-        flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grad)])
-        return {
-            "loss": loss,
-            "grad_inf_norm": jnp.max(jnp.abs(flat)),
-            "grad_2_norm": jnp.linalg.norm(flat),
-        }
-
-    return vmap_leading(one, variables["params"], variables["batch_stats"])
+    return vmap_leading(one, variables["params"], variables.get("batch_stats", {}))

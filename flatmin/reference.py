@@ -4,7 +4,9 @@ Keskar et al. solved Metric 2.1's inner maximum with 10 iterations of scipy's L-
 default settings. `scipy_sharpness` does exactly that around flatmin's f and box: scipy drives
 the iterations from Python in float64, calling one jitted value-and-gradient of f in the
 dtype of the parameters. It is the reference `flatmin.LBFGSB.paper()` reproduces on the
-device, for checks, ablations and benchmarks; it is neither jit- nor vmap-able.
+device, for checks, ablations and benchmarks. Unlike the measures (`flatmin.measures`, pure
+JAX), it runs on the host and is neither jit- nor vmap-able: hence a module of its own,
+imported as `flatmin.reference`.
 """
 
 from collections.abc import Callable
@@ -17,17 +19,18 @@ import numpy as np
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
-from flatmin._checks import check_loss_and_params
-from flatmin.measures.sharpness import box_radius
+from flatmin._checks import check_args, check_loss_and_params
+from flatmin.measures import box_radius
 
 _box_radius = jax.jit(box_radius)
 
 
 @partial(jax.jit, static_argnums=0)
-def _neg_value_and_grad(loss_fn, params, A, y):
+def _neg_value_and_grad(loss_fn, params, args, A, y):
     """-f(x + A y) and its gradient in y; compiled once per loss_fn and shapes."""
     x, unravel = ravel_pytree(params)
-    return jax.value_and_grad(lambda v: -loss_fn(unravel(x + (v if A is None else A @ v))))(y)
+    f = lambda v: -loss_fn(unravel(x + (v if A is None else A @ v)), *args)
+    return jax.value_and_grad(f)(y)
 
 
 class ScipySharpness(NamedTuple):
@@ -57,6 +60,7 @@ def scipy_sharpness(
     A: jax.Array | None = None,
     eps: float = 1e-3,
     *,
+    args: tuple = (),
     maxiter: int = 10,
     pgtol: float = 1e-5,
     factr: float = 1e7,
@@ -64,15 +68,16 @@ def scipy_sharpness(
     """Metric 2.1 by `scipy.optimize.fmin_l_bfgs_b(-f, y0=0, bounds=C_eps, maxiter=maxiter)`.
 
     pgtol and factr are scipy's defaults, which the authors kept; the box is
-    `flatmin.box_radius(params, A, eps)`.
+    `flatmin.box_radius(params, A, eps)`; f(params) = loss_fn(params, *args).
     """
-    check_loss_and_params(loss_fn, params)
+    args = check_args(args)
+    check_loss_and_params(loss_fn, params, args)
     x, _ = ravel_pytree(params)
     A = None if A is None else jnp.asarray(A, x.dtype)
     radius = np.asarray(_box_radius(params, A, eps), np.float64)
 
     def fun(y64: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = _neg_value_and_grad(loss_fn, params, A, jnp.asarray(y64, x.dtype))
+        value, grad = _neg_value_and_grad(loss_fn, params, args, A, jnp.asarray(y64, x.dtype))
         return float(value), np.asarray(grad, np.float64)
 
     y, _, info = scipy.optimize.fmin_l_bfgs_b(
@@ -85,8 +90,10 @@ def scipy_sharpness(
     )
     # scipy keeps its iterates inside the bounds; f is read again at the point returned.
     y = np.clip(y, -radius, radius)
-    loss = -float(_neg_value_and_grad(loss_fn, params, A, jnp.zeros(radius.shape, x.dtype))[0])
-    max_loss = -float(_neg_value_and_grad(loss_fn, params, A, jnp.asarray(y, x.dtype))[0])
+    loss = -float(
+        _neg_value_and_grad(loss_fn, params, args, A, jnp.zeros(radius.shape, x.dtype))[0]
+    )
+    max_loss = -float(_neg_value_and_grad(loss_fn, params, args, A, jnp.asarray(y, x.dtype))[0])
     return ScipySharpness(
         value=(max_loss - loss) / (1 + loss) * 100,
         y=y,

@@ -10,15 +10,30 @@ large-batch minimisers. Both paths pass through x_a at alpha = 0 and x_b at alph
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatmin._checks import check_callable, check_floating_pytree, check_optional_int
+from flatmin._checks import check_args, check_callable, check_floating_pytree, check_optional_int
+from flatmin._types import PyTree, Status
 
-PyTree = Any
+
+class Landscape(NamedTuple):
+    """fn along a path between two points.
+
+    Attributes:
+      value: fn's output with a leading axis a: an (a,) array for a scalar fn, or fn's pytree
+        with (a, ...) leaves.
+      status: int32, a `flatmin.Status`: FINISHED, or NONFINITE_NEARBY when some output is not
+        finite (a point where the loss overflowed, extrapolating far from both ends, say).
+      alphas: (a,) the points of the path, as given.
+    """
+
+    value: PyTree
+    status: jax.Array
+    alphas: jax.Array
 
 
 def interpolate(
@@ -27,31 +42,32 @@ def interpolate(
     params_b: PyTree,
     alphas: jax.Array,
     *,
+    args: tuple = (),
     batch_size: int | None = None,
-) -> PyTree:
+) -> Landscape:
     """`fn` along the straight line (1 - alpha) params_a + alpha params_b.
 
     Args:
-      fn: params -> a scalar or a pytree of arrays, e.g. the loss or (loss, accuracy). Static
-        under `jax.jit`, as is `batch_size`: pass the same function object across calls to
-        reuse the compiled program.
+      fn: (params, *args) -> a scalar or a pytree of arrays, e.g. the loss or (loss,
+        accuracy). Static under `jax.jit`, as is `batch_size`: pass the same function object
+        across calls to reuse the compiled program.
       params_a: a pytree of floating arrays, the point at alpha = 0.
       params_b: a pytree with the structure, shapes and dtypes of `params_a`, at alpha = 1.
       alphas: (a,) real numbers; any values, including outside [0, 1] (extrapolation).
+      args: fn's further arguments (data, batch statistics), traced.
       batch_size: None evaluates `fn` at all alphas at once (vmapped): fastest, but memory grows
         with a times that of one evaluation, which for a loss over a whole training set can be
         prohibitive. An integer evaluates that many at a time, in sequence (`jax.lax.map`).
 
     Returns:
-      fn's output with a leading axis a: an (a,) array for a scalar fn, or fn's pytree with
-      (a, ...) leaves.
+      A `Landscape`, `.value` fn's outputs along the path.
 
     Raises:
       ValueError: for bad arguments, before any work.
     """
     alphas = jnp.asarray(alphas)
-    batch_size = _check_arguments(fn, params_a, params_b, alphas, batch_size)
-    return _interpolate(fn, params_a, params_b, alphas, "line", batch_size)
+    batch_size = _check_arguments(fn, params_a, params_b, alphas, args, batch_size)
+    return _interpolate(fn, params_a, params_b, alphas, tuple(args), "line", batch_size)
 
 
 def interpolate_curved(
@@ -60,18 +76,19 @@ def interpolate_curved(
     params_b: PyTree,
     alphas: jax.Array,
     *,
+    args: tuple = (),
     batch_size: int | None = None,
-) -> PyTree:
+) -> Landscape:
     """`fn` along the curved path cos(alpha pi / 2) params_a + sin(alpha pi / 2) params_b.
 
     The arguments and the output are those of `interpolate`.
     """
     alphas = jnp.asarray(alphas)
-    batch_size = _check_arguments(fn, params_a, params_b, alphas, batch_size)
-    return _interpolate(fn, params_a, params_b, alphas, "curve", batch_size)
+    batch_size = _check_arguments(fn, params_a, params_b, alphas, args, batch_size)
+    return _interpolate(fn, params_a, params_b, alphas, tuple(args), "curve", batch_size)
 
 
-def _interpolate(fn, params_a, params_b, alphas, path, batch_size):
+def _interpolate(fn, params_a, params_b, alphas, args, path, batch_size):
     def at(alpha: jax.Array) -> PyTree:
         if path == "line":
             weight_a, weight_b = 1 - alpha, alpha
@@ -84,21 +101,27 @@ def _interpolate(fn, params_a, params_b, alphas, path, batch_size):
             params_a,
             params_b,
         )
-        return fn(point)
+        return fn(point, *args)
 
+    given = alphas
     if not jnp.issubdtype(alphas.dtype, jnp.floating):
         alphas = alphas.astype(jnp.result_type(float))
     if batch_size is None:
-        return jax.vmap(at)(alphas)
-    return jax.lax.map(at, alphas, batch_size=batch_size)
+        value = jax.vmap(at)(alphas)
+    else:
+        value = jax.lax.map(at, alphas, batch_size=batch_size)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(value)]))
+    status = jnp.where(finite, Status.FINISHED, Status.NONFINITE_NEARBY).astype(jnp.int32)
+    return Landscape(value, status, given)
 
 
 _interpolate = jax.jit(_interpolate, static_argnames=("fn", "path", "batch_size"))
 
 
-def _check_arguments(fn, params_a, params_b, alphas, batch_size) -> int | None:
+def _check_arguments(fn, params_a, params_b, alphas, args, batch_size) -> int | None:
     """Validates everything from shapes and dtypes alone; returns batch_size as an int."""
     check_callable("fn", fn)
+    check_args(args)
     check_floating_pytree("params_a", params_a)
     structure_a, structure_b = jax.tree.structure(params_a), jax.tree.structure(params_b)
     if structure_a != structure_b:

@@ -11,46 +11,63 @@ forward-over-reverse differentiation gives H v at the cost of a few gradients, a
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from flatmin._checks import check_int, check_loss_and_params, check_optional_int
+from flatmin._checks import check_int, check_key, check_loss_and_params, check_optional_int
+from flatmin._types import LossFn, PyTree, Status
 from flatmin.measures._montecarlo import map_samples, mean_and_stderr
 
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
+
+class HessianEigenvalues(NamedTuple):
+    """The Lanczos estimate of the Hessian's largest eigenvalues.
+
+    Attributes:
+      value: (k,) the eigenvalues, descending (Ritz values: each a lower bound, up to rounding).
+      status: int32, a `flatmin.Status`: FINISHED, or DIVERGED when f or its gradient at the
+        point is not finite (the values are then meaningless).
+      vectors: with `return_eigenvectors`, a pytree shaped like `params` with a leading axis k:
+        unit Ritz vectors (over all leaves together), each up to sign; else None.
+    """
+
+    value: jax.Array
+    status: jax.Array
+    vectors: PyTree
 
 
 class TraceEstimate(NamedTuple):
     """Hutchinson's estimate of tr H.
 
     Attributes:
-      trace: scalar, the mean of z^T H z over the probes z.
+      value: scalar, the mean of z^T H z over the probes z.
+      status: int32, a `flatmin.Status`: FINISHED, or DIVERGED (as `HessianEigenvalues`).
       stderr: scalar, its standard error: the sample standard deviation (ddof=1) of z^T H z
         divided by sqrt(num_samples).
       num_samples: scalar int, the number of probes.
     """
 
-    trace: jax.Array
+    value: jax.Array
+    status: jax.Array
     stderr: jax.Array
     num_samples: jax.Array
 
 
-def hvp(loss_fn: LossFn, params: PyTree, v: PyTree) -> PyTree:
+def hvp(loss_fn: LossFn, params: PyTree, v: PyTree, *, args: tuple = ()) -> PyTree:
     """The Hessian-vector product H v at `params`, forward-over-reverse.
 
     Args:
-      loss_fn: params -> scalar loss.
+      loss_fn: (params, *args) -> scalar loss.
       params: a pytree of floating arrays.
       v: a pytree with the structure, shapes and dtypes of `params`.
+      args: loss_fn's further arguments.
 
     Returns:
       H v, shaped like `params`.
     """
-    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+    return jax.jvp(jax.grad(lambda p: loss_fn(p, *args)), (params,), (v,))[1]
 
 
 def hessian_eigenvalues(
@@ -58,10 +75,11 @@ def hessian_eigenvalues(
     params: PyTree,
     k: int = 10,
     *,
+    args: tuple = (),
     key: jax.Array | None = None,
     num_iterations: int | None = None,
     return_eigenvectors: bool = False,
-) -> jax.Array | tuple[jax.Array, PyTree]:
+) -> HessianEigenvalues:
     """The k largest (algebraic, not absolute) eigenvalues of the Hessian of `loss_fn`, by Lanczos.
 
     Lanczos builds an orthonormal basis V, (m, n), of the Krylov space of H from a random start
@@ -93,13 +111,14 @@ def hessian_eigenvalues(
     V; the dense (m, m) eigenproblem is negligible.
 
     Args:
-      loss_fn: params -> scalar loss, e.g. the training loss in evaluation mode. Static under
-        `jax.jit`, as are `k`, `num_iterations` and `return_eigenvectors`: pass the same
-        function object across calls to reuse the compiled program.
+      loss_fn: (params, *args) -> scalar loss, e.g. the training loss in evaluation mode.
+        Static under `jax.jit`, as are `k`, `num_iterations` and `return_eigenvectors`: pass
+        the same function object across calls to reuse the compiled program.
       params: a pytree of floating arrays, the point x (n numbers in all). Everything is
         computed in its dtype, or in float32 for half-precision params (the loss itself still
         runs in theirs).
       k: how many eigenvalues, 1 <= k <= n.
+      args: loss_fn's further arguments (data, batch statistics), traced.
       key: PRNG key for the start vector (and restarts); a fixed default keeps results
         deterministic.
       num_iterations: m, the Lanczos iterations (= Hessian-vector products), k <= m <= n.
@@ -108,30 +127,29 @@ def hessian_eigenvalues(
       return_eigenvectors: also return the Ritz vectors.
 
     Returns:
-      The eigenvalues, (k,), in descending order; with `return_eigenvectors`, the pair
-      (eigenvalues, eigenvectors), where eigenvectors is a pytree shaped like `params` with a
-      leading axis k: unit vectors (over all leaves together) with H v_i ~ lambda_i v_i, each up
-      to sign.
+      A `HessianEigenvalues`: `.value` the (k,) eigenvalues in descending order, `.vectors`
+      (with `return_eigenvectors`) unit vectors with H v_i ~ lambda_i v_i.
 
     Raises:
       ValueError: for bad arguments, before any work.
     """
-    n = check_loss_and_params(loss_fn, params)
+    n = check_loss_and_params(loss_fn, params, args)
     k = check_int("k", k, minimum=1, maximum=n, note=f"n = {n}, the number of parameters")
     if num_iterations is None:
         num_iterations = min(n, max(2 * k + 20, 40))
     num_iterations = check_int(
         "num_iterations", num_iterations, minimum=k, maximum=n, note=f"from k = {k} to n = {n}"
     )
-    if key is None:
-        key = jax.random.key(0)
-    return _lanczos(loss_fn, params, key, k, num_iterations, bool(return_eigenvectors))
+    return _lanczos(
+        loss_fn, params, tuple(args), check_key(key), k, num_iterations, bool(return_eigenvectors)
+    )
 
 
 def hessian_trace(
     loss_fn: LossFn,
     params: PyTree,
     *,
+    args: tuple = (),
     key: jax.Array | None = None,
     num_samples: int = 100,
     batch_size: int | None = None,
@@ -143,10 +161,11 @@ def hessian_trace(
     zero for a diagonal H, where every probe gives tr H exactly.
 
     Args:
-      loss_fn: params -> scalar loss. Static under `jax.jit`, as are `num_samples` and
-        `batch_size`: pass the same function object across calls to reuse the compiled
+      loss_fn: (params, *args) -> scalar loss. Static under `jax.jit`, as are `num_samples`
+        and `batch_size`: pass the same function object across calls to reuse the compiled
         program.
       params: a pytree of floating arrays (n numbers in all).
+      args: loss_fn's further arguments (data, batch statistics), traced.
       key: PRNG key for the probes; a fixed default keeps results deterministic.
       num_samples: number of probes, >= 2 (the standard error needs two).
       batch_size: None evaluates all probes at once (vmapped): fastest, but memory grows with
@@ -160,39 +179,49 @@ def hessian_trace(
     Raises:
       ValueError: for bad arguments, before any work.
     """
-    check_loss_and_params(loss_fn, params)
+    check_loss_and_params(loss_fn, params, args)
     num_samples = check_int("num_samples", num_samples, minimum=2)
     batch_size = check_optional_int("batch_size", batch_size, minimum=1)
-    if key is None:
-        key = jax.random.key(0)
-    return _hutchinson(loss_fn, params, key, num_samples, batch_size)
+    return _hutchinson(loss_fn, params, tuple(args), check_key(key), num_samples, batch_size)
 
 
-def _flat_hvp(loss_fn: LossFn, params: PyTree) -> tuple[jax.Array, Callable, Callable]:
-    """(x, v -> H v on flat vectors, unravel) for the flattened parameters x, (n,)."""
+class FlatHessian(NamedTuple):
+    """The Hessian at the flattened parameters x, (n,), as products on flat vectors."""
+
+    x: jax.Array
+    hv: Callable[[jax.Array], jax.Array]  # v -> H v
+    unravel: Callable[[jax.Array], PyTree]
+    status: jax.Array  # FINISHED, or DIVERGED where f or its gradient at x is not finite
+
+
+def flat_hessian(loss_fn: LossFn, params: PyTree, args: tuple) -> FlatHessian:
+    """`FlatHessian` of loss_fn(., *args) at params."""
     x, unravel = ravel_pytree(params)
     # Half-precision params: the loss still runs in their dtype, but the linear algebra runs in
     # float32 (eigh has no bfloat16 kernel, and eps = 8e-3 would drown every tolerance).
     work = x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
     to_params = lambda y: unravel(y.astype(x.dtype))
-    # Forward-over-reverse. The gradient at x does not depend on v: linearize computes it once,
-    # and each product then costs only the tangent pass.
-    _, hv = jax.linearize(jax.grad(lambda y: loss_fn(to_params(y))), work)
-    return work, hv, to_params
+    # Forward-over-reverse. The value and gradient at x do not depend on v: linearize computes
+    # them once, and each product then costs only the tangent pass.
+    (loss, grad), linear = jax.linearize(
+        jax.value_and_grad(lambda y: loss_fn(to_params(y), *args)), work
+    )
+    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad))
+    status = jnp.where(finite, Status.FINISHED, Status.DIVERGED).astype(jnp.int32)
+    return FlatHessian(work, lambda v: linear(v)[1], to_params, status)
 
 
-def _lanczos(loss_fn, params, key, k, m, return_eigenvectors):
-    x, hv, unravel = _flat_hvp(loss_fn, params)
-    V, T = _lanczos_basis(hv, jnp.zeros_like(x), key, m)
+def _lanczos(loss_fn, params, args, key, k, m, return_eigenvectors):
+    x, hv, unravel, status = flat_hessian(loss_fn, params, args)
+    V, T = lanczos_basis(hv, jnp.zeros_like(x), key, m)
     theta, S = jnp.linalg.eigh(T)
-    values = theta[::-1][:k]
-    if not return_eigenvectors:
-        return values
-    vectors = S[:, ::-1][:, :k].T @ V
-    return values, jax.vmap(unravel)(vectors)
+    vectors = None
+    if return_eigenvectors:
+        vectors = jax.vmap(unravel)(S[:, ::-1][:, :k].T @ V)
+    return HessianEigenvalues(theta[::-1][:k], status, vectors)
 
 
-def _lanczos_basis(
+def lanczos_basis(
     hv: Callable[[jax.Array], jax.Array], start: jax.Array, key: jax.Array, m: int
 ) -> tuple[jax.Array, jax.Array]:
     """m Lanczos iterations on v -> H v with full reorthogonalisation (see `hessian_eigenvalues`).
@@ -250,11 +279,13 @@ def _lanczos_basis(
 _lanczos = jax.jit(_lanczos, static_argnames=("loss_fn", "k", "m", "return_eigenvectors"))
 
 
-def _hutchinson(loss_fn, params, key, num_samples, batch_size) -> TraceEstimate:
-    x, hv, _ = _flat_hvp(loss_fn, params)
+def _hutchinson(loss_fn, params, args, key, num_samples, batch_size) -> TraceEstimate:
+    x, hv, _, status = flat_hessian(loss_fn, params, args)
     probes = jax.random.rademacher(key, (num_samples, x.shape[0]), x.dtype)
     trace, stderr = mean_and_stderr(map_samples(lambda z: z @ hv(z), probes, batch_size))
-    return TraceEstimate(trace=trace, stderr=stderr, num_samples=jnp.asarray(num_samples))
+    return TraceEstimate(
+        value=trace, status=status, stderr=stderr, num_samples=jnp.asarray(num_samples)
+    )
 
 
 _hutchinson = jax.jit(_hutchinson, static_argnames=("loss_fn", "num_samples", "batch_size"))

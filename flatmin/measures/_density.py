@@ -21,8 +21,7 @@ expectation (with Rademacher probes, Hutchinson's estimate of tr(H) with those p
 """
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +35,10 @@ from flatmin._checks import (
     check_scalar,
     is_concrete,
 )
+from flatmin._types import LossFn, PyTree
+from flatmin.measures._hessian import flat_hessian, lanczos_basis
+from flatmin.measures._layers import Only, check_measure_inputs, restrict_by_mask
 from flatmin.measures._montecarlo import map_samples
-from flatmin.measures.hessian import _flat_hvp, _lanczos_basis
-from flatmin.measures.layers import Only, check_measure_inputs, restrict_by_mask
-
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
 
 PROBES = ("rademacher", "gaussian")
 # Ghorbani et al.'s m; a Krylov space this size resolves the outliers and the bulk's shape.
@@ -56,6 +53,8 @@ class HessianDensity(NamedTuple):
     Attributes:
       value: (G,) the Gaussian-broadened density at the grid's points, in inverse units of the
         eigenvalues: it integrates to 1 over t.
+      status: int32, a `flatmin.Status`: FINISHED, or DIVERGED when f or its gradient at the
+        point is not finite.
       nodes: (P, m) the Ritz values theta_j of each probe's Lanczos matrix (eigenvalues of H's
         projections; the quadrature nodes).
       weights: (P, m) the quadrature weights tau_j, >= 0, summing to 1 for each probe.
@@ -63,6 +62,7 @@ class HessianDensity(NamedTuple):
     """
 
     value: jax.Array
+    status: jax.Array
     nodes: jax.Array
     weights: jax.Array
     sigma: jax.Array
@@ -73,6 +73,7 @@ def hessian_density(
     params: PyTree,
     grid: jax.Array,
     *,
+    args: tuple = (),
     key: jax.Array | None = None,
     num_probes: int = 10,
     num_iterations: int | None = None,
@@ -84,18 +85,19 @@ def hessian_density(
     """The Hessian's spectral density at `grid` by stochastic Lanczos quadrature.
 
     Each probe runs `num_iterations` Lanczos iterations (Hessian-vector products) with full
-    reorthogonalisation (flatmin.measures.hessian's Lanczos, started from the probe). Where the
+    reorthogonalisation (flatmin.measures._hessian's Lanczos, started from the probe). Where the
     probe's Krylov space is invariant (few distinct eigenvalues) Lanczos continues from fresh
     vectors orthogonal to it; their nodes carry weight ~0, so the quadrature is unaffected.
 
     Cost: P m Hessian-vector products; memory O(m n) per probe evaluated at once.
 
     Args:
-      loss_fn: params -> scalar loss. Static under `jax.jit`, as are `num_probes`,
+      loss_fn: (params, *args) -> scalar loss. Static under `jax.jit`, as are `num_probes`,
         `num_iterations`, `probe` and `batch_size`.
       params: a pytree of floating arrays, the point w (n numbers in all). The linear algebra
         runs in their dtype, or in float32 for half precision.
       grid: (G,) points t at which to evaluate the density, in the Hessian's units.
+      args: loss_fn's further arguments (data, batch statistics), traced.
       key: PRNG key for the probes; a fixed default keeps results deterministic.
       num_probes: P, >= 1.
       num_iterations: m, 1 <= m <= n; default min(n, 90).
@@ -103,7 +105,7 @@ def hessian_density(
       probe: "rademacher" (+-1 entries) or "gaussian", normalised to unit length.
       batch_size: None runs all probes at once (vmapped: memory P m n); an integer runs that
         many at a time, in sequence.
-      only: the Hessian of the leaves this filter selects (flatmin.measures.layers), the others
+      only: the Hessian of the leaves this filter selects (flatmin.measures._layers), the others
         frozen: the diagonal block of H for them, n their number. None: all.
 
     Returns:
@@ -112,7 +114,7 @@ def hessian_density(
     Raises:
       ValueError: for bad arguments, before any work.
     """
-    mask = check_measure_inputs(loss_fn, params, only)
+    mask = check_measure_inputs(loss_fn, params, only, args)
     leaves = jax.tree.leaves(params)
     selected = [True] * len(leaves) if mask is None else mask
     n = sum(int(np.size(x)) for x, m in zip(leaves, selected, strict=True) if m)
@@ -138,6 +140,7 @@ def hessian_density(
     return _density(
         loss_fn,
         params,
+        tuple(args),
         jnp.asarray(grid),
         sigma,
         check_key(key),
@@ -149,9 +152,9 @@ def hessian_density(
     )
 
 
-def _density(loss_fn, params, grid, sigma, key, num_probes, m, probe, batch_size, mask):
+def _density(loss_fn, params, args, grid, sigma, key, num_probes, m, probe, batch_size, mask):
     loss_fn, params, _ = restrict_by_mask(loss_fn, params, mask)
-    x, hv, _ = _flat_hvp(loss_fn, params)
+    x, hv, _, status = flat_hessian(loss_fn, params, args)
     n, dtype = x.shape[0], x.dtype
 
     def quadrature(k: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -160,7 +163,7 @@ def _density(loss_fn, params, grid, sigma, key, num_probes, m, probe, batch_size
             v = jax.random.rademacher(probe_key, (n,), dtype)
         else:
             v = jax.random.normal(probe_key, (n,), dtype)
-        _, T = _lanczos_basis(hv, v, restart_key, m)
+        _, T = lanczos_basis(hv, v, restart_key, m)
         theta, S = jnp.linalg.eigh(T)
         return theta, S[0] ** 2
 
@@ -170,7 +173,7 @@ def _density(loss_fn, params, grid, sigma, key, num_probes, m, probe, batch_size
     kernel = jnp.exp(-(((grid[None, None, :] - nodes[:, :, None]) / sigma) ** 2) / 2)
     kernel = kernel / (sigma * math.sqrt(2 * math.pi))
     value = jnp.einsum("pm,pmg->g", weights, kernel) / num_probes
-    return HessianDensity(value=value, nodes=nodes, weights=weights, sigma=sigma)
+    return HessianDensity(value=value, status=status, nodes=nodes, weights=weights, sigma=sigma)
 
 
 _density = jax.jit(

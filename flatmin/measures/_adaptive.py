@@ -25,14 +25,15 @@ of the figure you report. Andriushchenko et al. report batch
 averaged, which is at least the worst case of the averaged loss; to reproduce them, call the
 measure once per batch (or vmap it over batches) and average the values.
 
-Every function here is pure and jit/vmap-able (`loss_fn` static), takes an explicit PRNG key
+Every function here is pure and jit/vmap-able (`loss_fn` static), takes the loss's further
+arguments as `args=` (data entering the compiled program as arguments), an explicit PRNG key
 with a fixed default, validates its arguments before any work, and takes `only=` (see
-flatmin.measures.layers) to perturb only some leaves of `params`.
+flatmin.measures._layers) to perturb only some leaves of `params`. Every result has `.value`
+(its figure) and `.status` (a `flatmin.Status`).
 """
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,24 +48,15 @@ from flatmin._checks import (
     check_optional_int,
     check_scalar,
 )
+from flatmin._types import LossFn, PyTree, Status
+from flatmin.measures import _multistart
+from flatmin.measures._layers import Only, check_measure_inputs, restrict_by_mask, split_by_mask
 from flatmin.measures._montecarlo import map_samples, mean_and_stderr
-from flatmin.measures.layers import Only, check_measure_inputs, restrict_by_mask, split_by_mask
-
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
+from flatmin.measures._regions import Ball, Box
+from flatmin.measures._solvers import APGD, Solver, check_solver
 
 NORMS = ("inf", 2)
 DISTRIBUTIONS = ("gaussian", "uniform")
-
-# APGD's constants (Croce & Hein, ICML 2020, Algorithm 1), as in Andriushchenko et al.'s code:
-# initial step 2 rho, momentum 0.75, a halving when under 75% of the steps since the last
-# checkpoint raised f, and the checkpoints' spacing.
-INITIAL_STEP = 2.0
-MOMENTUM = 0.75
-MIN_INCREASE_RATIO = 0.75
-FIRST_CHECKPOINT = 0.22
-CHECKPOINT_DECAY = 0.03
-MIN_CHECKPOINT_GAP = 0.06
 
 
 class WorstCaseSharpness(NamedTuple):
@@ -72,23 +64,28 @@ class WorstCaseSharpness(NamedTuple):
 
     Attributes:
       value: scalar f(w + delta) - f(w) >= 0, the largest increase found, f evaluated at the
-        returned delta (in loss units).
+        returned delta (in loss units); NaN for a non-finite f(w), inf where the loss
+        overflowed inside the ball.
+      status: int32, a `flatmin.Status` (as `flatmin.SharpnessResult.status`).
       delta: the maximiser, a pytree shaped like `params` (zeros in leaves `only` leaves out),
         inside the ball ||delta / c||_p <= rho up to rounding.
       loss: scalar f(w).
       max_loss: scalar f(w + delta).
-      history: (steps,) the largest increase found by any restart after each ascent step,
-        counting delta = 0 (so >= 0 and nondecreasing); its last entry is `value` up to
-        rounding.
-      num_steps: scalar int, ascent steps per restart (= `steps`).
+      history: (maxiter,) the largest increase found by any restart after each solver
+        iteration, counting delta = 0 (so >= 0 and nondecreasing); its last entry is `value`
+        up to rounding.
+      num_steps: scalar int, solver iterations run from the winning start.
+      num_evaluations: scalar int, value-and-gradient evaluations from the winning start.
     """
 
     value: jax.Array
+    status: jax.Array
     delta: PyTree
     loss: jax.Array
     max_loss: jax.Array
     history: jax.Array
     num_steps: jax.Array
+    num_evaluations: jax.Array
 
 
 class AverageCaseSharpness(NamedTuple):
@@ -96,12 +93,15 @@ class AverageCaseSharpness(NamedTuple):
 
     Attributes:
       value: scalar, the mean of f(w + delta_k) - f(w) over the samples (in loss units).
+      status: int32, a `flatmin.Status`: FINISHED, DIVERGED (f(w) not finite: value NaN) or
+        NONFINITE_NEARBY (a sample's loss was not finite: value NaN).
       stderr: scalar, its standard error: sample standard deviation (ddof=1) / sqrt(N).
       loss: scalar f(w).
       num_samples: scalar int N.
     """
 
     value: jax.Array
+    status: jax.Array
     stderr: jax.Array
     loss: jax.Array
     num_samples: jax.Array
@@ -113,6 +113,8 @@ class PacBayesSigma(NamedTuple):
     Attributes:
       value: scalar sigma, the largest noise level tried whose estimated expected increase
         stayed <= target (0 when none did). Relative to |w| when adaptive (Jiang's sigma').
+      status: int32, a `flatmin.Status`: FINISHED, or DIVERGED when f(w) is not finite (then
+        no level counts as within the target, and value is 0).
       upper: scalar, the smallest level tried whose estimate exceeded the target (`sigma_max`
         when none did: then the target was not reached below sigma_max).
       increase: scalar, the estimated E f(w + u) - f(w) at `value` (NaN when value is 0: not
@@ -126,6 +128,7 @@ class PacBayesSigma(NamedTuple):
     """
 
     value: jax.Array
+    status: jax.Array
     upper: jax.Array
     increase: jax.Array
     stderr: jax.Array
@@ -140,43 +143,37 @@ def worst_case_sharpness(
     params: PyTree,
     rho: float,
     *,
+    args: tuple = (),
     norm: str | int = "inf",
     adaptive: bool = True,
     xi: float = 0.0,
+    solver: Solver = APGD(),
     key: jax.Array | None = None,
-    steps: int = 20,
-    restarts: int = 1,
     only: Only | None = None,
 ) -> WorstCaseSharpness:
-    """max over ||delta / c||_p <= rho of f(w + delta) - f(w), by APGD with restarts.
+    """max over ||delta / c||_p <= rho of f(w + delta) - f(w), f = loss_fn(., *args).
 
     The ascent runs in u = delta / c, over the plain ball ||u||_p <= rho, where projection is
-    exact (clipping for p = inf, rescaling for p = 2): APGD of Croce & Hein (2020) as
-    Andriushchenko et al. (2023) apply it to weights. From a start drawn uniformly in the ball
-    (coordinates with c_i = 0 start at 0: they cannot move), each step is
-        z = P(u_k + eta d_k),  u_{k+1} = P(u_k + a (z - u_k) + (1 - a)(u_k - u_{k-1})),
-    d_k = sign(grad) for p = inf or grad / ||grad||_2 for p = 2 (grad with respect to u),
-    a = 1 at the first step and 0.75 after, eta = 2 rho at first. At the checkpoints
-    ceil(p_j steps), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), eta
-    is halved and the ascent restarts from the best point when fewer than 75% of the steps
-    since the last checkpoint raised f, or when neither eta nor the best f changed since then.
-    The number of steps is fixed (one value-and-gradient each, no data-dependent loop); the
-    best point seen is kept, projected once more and f re-evaluated there, so the value
-    reported is always f at the returned delta, and never below f(w) (delta = 0 is in the
-    ball).
+    exact (clipping for p = inf, rescaling for p = 2); coordinates with c_i = 0 start at 0 and
+    cannot move. The solver (`flatmin.APGD()` by default: Croce & Hein's APGD as Andriushchenko
+    et al. apply it to weights, 20 steps, one random start) and the harness shared with
+    Metric 2.1 (`flatmin.measures._multistart`) keep the best point seen, so the value reported
+    is always f at the returned delta, and never below f(w) (delta = 0 is in the ball). For
+    p = inf any solver of `flatmin.sharpness` works (`flatmin.LBFGSB()` too); with xi = 1,
+    adaptive and rho = eps this is Metric 2.1's inner maximum in the full space.
 
     Args:
-      loss_fn: params -> scalar loss f: the full training loss (the papers' definition) or a
-        batch loss (see the module's docstring). Static under `jax.jit`.
+      loss_fn: (params, *args) -> scalar loss f: the full training loss (the papers'
+        definition) or a batch loss (see the module's docstring). Static under `jax.jit`.
       params: a pytree of floating arrays, the point w.
       rho: radius, > 0: relative to |w| + xi when adaptive, absolute otherwise.
+      args: loss_fn's further arguments (data, batch statistics), traced.
       norm: "inf" (or `math.inf`) or 2.
       adaptive: c = |w| + xi (True) or c = 1 (False: plain rho-sharpness).
       xi: >= 0, added to |w| when adaptive (0 in Andriushchenko et al.; 1 gives Keskar's box).
+      solver: the maximiser, its starts and restarts (`flatmin.APGD(maxiter=20, restarts=1)`).
       key: PRNG key for the starting points; a fixed default keeps results deterministic.
-      steps: ascent steps per restart, >= 1 (20 in Andriushchenko et al.).
-      restarts: starting points, solved at once (vmapped); the largest value wins.
-      only: perturb only the leaves this filter selects (flatmin.measures.layers); None: all.
+      only: perturb only the leaves this filter selects (flatmin.measures._layers); None: all.
 
     Returns:
       A `WorstCaseSharpness`.
@@ -188,16 +185,14 @@ def worst_case_sharpness(
     if norm == math.inf:
         norm = "inf"
     check_one_of("norm", norm, NORMS)
-    mask = check_measure_inputs(loss_fn, params, only)
+    mask = check_measure_inputs(loss_fn, params, only, args)
     check_scalar("rho", rho, above=0)
     check_scalar("xi", xi, minimum=0)
     check_bool("adaptive", adaptive)
-    steps = check_int("steps", steps, minimum=1)
-    restarts = check_int("restarts", restarts, minimum=1)
-    result = _worst_case(
-        loss_fn, params, rho, xi, check_key(key), norm, adaptive, steps, restarts, mask
+    check_solver(solver)
+    return _worst_case(
+        loss_fn, params, rho, xi, tuple(args), check_key(key), norm, adaptive, solver, mask
     )
-    return result
 
 
 def average_case_sharpness(
@@ -205,6 +200,7 @@ def average_case_sharpness(
     params: PyTree,
     sigma: float,
     *,
+    args: tuple = (),
     distribution: str = "gaussian",
     adaptive: bool = True,
     xi: float = 0.0,
@@ -223,10 +219,11 @@ def average_case_sharpness(
     (uniform).
 
     Args:
-      loss_fn: params -> scalar loss f, full or batch (see the module's docstring). Static
-        under `jax.jit`, as are `num_samples` and `batch_size`.
+      loss_fn: (params, *args) -> scalar loss f, full or batch (see the module's docstring).
+        Static under `jax.jit`, as are `num_samples` and `batch_size`.
       params: a pytree of floating arrays, the point w.
       sigma: noise scale, > 0: relative to |w| + xi when adaptive, absolute otherwise.
+      args: loss_fn's further arguments (data, batch statistics), traced.
       distribution: "gaussian" or "uniform".
       adaptive: c = |w| + xi (True) or c = 1 (False).
       xi: >= 0, added to |w| when adaptive.
@@ -243,7 +240,7 @@ def average_case_sharpness(
       ValueError: as `worst_case_sharpness`.
     """
     check_one_of("distribution", distribution, DISTRIBUTIONS)
-    mask = check_measure_inputs(loss_fn, params, only)
+    mask = check_measure_inputs(loss_fn, params, only, args)
     check_scalar("sigma", sigma, above=0)
     check_scalar("xi", xi, minimum=0)
     check_bool("adaptive", adaptive)
@@ -252,6 +249,7 @@ def average_case_sharpness(
     result = _average_case(
         loss_fn,
         params,
+        tuple(args),
         sigma,
         xi,
         check_key(key),
@@ -269,6 +267,7 @@ def pac_bayes_sigma(
     params: PyTree,
     target: float,
     *,
+    args: tuple = (),
     adaptive: bool = True,
     magnitude_eps: float = 1e-3,
     init_params: PyTree | None = None,
@@ -306,10 +305,11 @@ def pac_bayes_sigma(
     the adaptive term has w_i^2 in the denominator, where their 57 keeps (w_i - w0_i)^2.
 
     Args:
-      loss_fn: params -> scalar loss f. Static under `jax.jit`, as are `steps`, `num_samples`
-        and `batch_size`.
+      loss_fn: (params, *args) -> scalar loss f. Static under `jax.jit`, as are `steps`,
+        `num_samples` and `batch_size`.
       params: a pytree of floating arrays, the point w.
       target: the tolerated expected increase, > 0, in loss units.
+      args: loss_fn's further arguments (data, batch statistics), traced.
       adaptive: magnitude-aware noise (True) or plain (False).
       magnitude_eps: eps >= 0, the adaptive noise's floor (1e-3 in Jiang et al.).
       init_params: w0, a pytree like `params` (the initialisation), or None for zeros.
@@ -327,7 +327,7 @@ def pac_bayes_sigma(
     Raises:
       ValueError: as `worst_case_sharpness`.
     """
-    mask = check_measure_inputs(loss_fn, params, only)
+    mask = check_measure_inputs(loss_fn, params, only, args)
     check_scalar("target", target, above=0)
     check_scalar("magnitude_eps", magnitude_eps, minimum=0)
     check_scalar("sigma_max", sigma_max, above=0)
@@ -345,6 +345,7 @@ def pac_bayes_sigma(
     result = _pac_bayes(
         loss_fn,
         params,
+        tuple(args),
         init_params,
         target,
         magnitude_eps,
@@ -362,7 +363,7 @@ def pac_bayes_sigma(
 # Implementation ------------------------------------------------------------------------------
 
 
-def _worst_case(loss_fn, params, rho, xi, key, norm, adaptive, steps, restarts, mask):
+def _worst_case(loss_fn, params, rho, xi, args, key, norm, adaptive, solver, mask):
     loss_fn, params, embed = restrict_by_mask(loss_fn, params, mask)
     x, unravel = ravel_pytree(params)
     n, dtype = x.shape[0], x.dtype
@@ -370,153 +371,45 @@ def _worst_case(loss_fn, params, rho, xi, key, norm, adaptive, steps, restarts, 
     c = _scale(x, adaptive, xi)
 
     def f_of_u(u: jax.Array) -> jax.Array:
-        return loss_fn(unravel(x + c * u))
+        return loss_fn(unravel(x + c * u), *args)
 
-    if norm == "inf":
-        project = lambda u: jnp.clip(u, -rho, rho)
-        direction = jnp.sign
-        starts = jax.random.uniform(key, (restarts, n), dtype, -1.0, 1.0) * rho
-    else:
-        project = lambda u: u * (rho / jnp.maximum(jnp.linalg.norm(u), rho))
-        direction = lambda g: g / jnp.maximum(jnp.linalg.norm(g), jnp.finfo(dtype).tiny)
-        directions, radii = jax.random.split(key)
-        z = jax.random.normal(directions, (restarts, n), dtype)
-        # Uniform in the ball: a uniform direction at radius rho U^(1/n).
-        r = rho * jax.random.uniform(radii, (restarts, 1), dtype) ** (1 / n)
-        starts = z / jnp.linalg.norm(z, axis=1, keepdims=True) * r
-    starts = jnp.where(c > 0, starts, 0)
-
-    marks = jnp.asarray(_checkpoints(steps))
-    best_u, history = jax.vmap(lambda u0: _apgd(f_of_u, u0, rho, project, direction, marks, steps))(
-        starts
-    )
-
-    loss = f_of_u(jnp.zeros(n, dtype))
-    best_u = jax.vmap(project)(best_u)
-    values = jax.vmap(f_of_u)(best_u)
-    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-    best = jnp.argmax(values)
-    # delta = 0 is in the ball, so the maximum is at least f(w), even if every start found less.
-    use_zero = ~(values[best] > loss)
-    u = jnp.where(use_zero, 0.0, best_u[best])
-    max_loss = jnp.where(use_zero, loss, values[best])
+    region = Box(jnp.full((n,), rho)) if norm == "inf" else Ball(rho, n)
+    found = _multistart.maximize(f_of_u, region, solver, key, movable=c > 0)
     return WorstCaseSharpness(
-        value=max_loss - loss,
-        delta=embed(unravel(c * u)),
-        loss=loss,
-        max_loss=max_loss,
-        history=jnp.maximum(jnp.max(history, axis=0), loss) - loss,
-        num_steps=jnp.asarray(steps),
+        value=found.value - found.centre,
+        status=found.status,
+        delta=embed(unravel(c * found.argmax)),
+        loss=found.centre,
+        max_loss=found.value,
+        history=found.history - found.centre,
+        num_steps=found.num_steps,
+        num_evaluations=found.num_evaluations,
     )
 
 
 _worst_case = jax.jit(
-    _worst_case, static_argnames=("loss_fn", "norm", "adaptive", "steps", "restarts", "mask")
+    _worst_case, static_argnames=("loss_fn", "norm", "adaptive", "solver", "mask")
 )
 
 
-class _Ascent(NamedTuple):
-    u: jax.Array  # the current iterate u_k, not evaluated yet
-    u_prev: jax.Array  # u_{k-1}, for the momentum term
-    f_prev: jax.Array  # f(u_{k-1})
-    eta: jax.Array  # step size
-    best_u: jax.Array
-    best_f: jax.Array
-    increases: jax.Array  # steps that raised f since the last checkpoint
-    mark: jax.Array  # the last checkpoint's index, step size and best f
-    mark_eta: jax.Array
-    mark_best: jax.Array
-
-
-def _apgd(f, u0, rho, project, direction, marks, steps):
-    """APGD from u0 for `steps` steps: (best u, (steps,) best f after each step)."""
-    value_and_grad = jax.value_and_grad(f)
-    dtype = u0.dtype
-
-    def body(t, carry):
-        s, history = carry
-        f_u, g = value_and_grad(s.u)
-        # A non-finite value never counts as best, and a non-finite gradient does not move.
-        f_u = jnp.where(jnp.isfinite(f_u), f_u, -jnp.inf)
-        d = direction(g)
-        d = jnp.where(jnp.isfinite(d), d, 0)
-        better = f_u > s.best_f
-        best_u = jnp.where(better, s.u, s.best_u)
-        best_f = jnp.where(better, f_u, s.best_f)
-        increases = s.increases + ((t > 0) & (f_u > s.f_prev))
-
-        at_mark = marks[t]
-        too_few = increases < MIN_INCREASE_RATIO * (t - s.mark)
-        stalled = (s.eta == s.mark_eta) & (best_f == s.mark_best)
-        halve = at_mark & (t > 0) & (too_few | stalled)
-
-        z = project(s.u + s.eta * d)
-        a = jnp.where(t == 0, 1.0, MOMENTUM).astype(dtype)
-        u_next = project(s.u + a * (z - s.u) + (1 - a) * (s.u - s.u_prev))
-        # A halving restarts from the best point, without momentum from the abandoned path.
-        state = _Ascent(
-            u=jnp.where(halve, best_u, u_next),
-            u_prev=jnp.where(halve, best_u, s.u),
-            f_prev=jnp.where(halve, best_f, f_u),
-            eta=jnp.where(halve, s.eta / 2, s.eta),
-            best_u=best_u,
-            best_f=best_f,
-            increases=jnp.where(at_mark, 0, increases),
-            mark=jnp.where(at_mark, t, s.mark),
-            # The step size before any halving, as in Croce & Hein: right after a halving the
-            # "unchanged step" condition cannot fire, and the new step gets a full interval.
-            mark_eta=jnp.where(at_mark, s.eta, s.mark_eta),
-            mark_best=jnp.where(at_mark, best_f, s.mark_best),
-        )
-        return state, history.at[t].set(best_f)
-
-    minus_inf = jnp.full((), -jnp.inf, dtype)
-    init = _Ascent(
-        u=u0,
-        u_prev=u0,
-        f_prev=minus_inf,
-        eta=INITIAL_STEP * rho,
-        best_u=u0,
-        best_f=minus_inf,
-        increases=jnp.zeros((), jnp.int32),
-        mark=jnp.zeros((), jnp.int32),
-        mark_eta=INITIAL_STEP * rho,
-        mark_best=minus_inf,
-    )
-    s, history = jax.lax.fori_loop(0, steps, body, (init, jnp.zeros(steps, dtype)))
-    # The last step's iterate has not been evaluated yet.
-    f_last = f(s.u)
-    better = jnp.isfinite(f_last) & (f_last > s.best_f)
-    best_u = jnp.where(better, s.u, s.best_u)
-    best_f = jnp.where(better, f_last, s.best_f)
-    # history[t] was the best over u_0..u_t; shifted, entry t is the best after step t + 1.
-    return best_u, jnp.concatenate([history[1:], best_f[None]])
-
-
-def _checkpoints(steps: int) -> np.ndarray:
-    """(steps,) bool, True at APGD's checkpoints ceil(p_j steps) < steps, j >= 0 (0 included)."""
-    marks = np.zeros(steps, dtype=bool)
-    p_prev, p = 0.0, FIRST_CHECKPOINT
-    marks[0] = True
-    # The tolerance keeps ceil(0.22 * 100) at 22: 0.22 * 100 is 22.000000000000004 in binary.
-    while (w := math.ceil(p * steps - 1e-9)) < steps:
-        marks[w] = True
-        p_prev, p = p, p + max(p - p_prev - CHECKPOINT_DECAY, MIN_CHECKPOINT_GAP)
-    return marks
-
-
 def _average_case(
-    loss_fn, params, sigma, xi, key, distribution, adaptive, num_samples, batch_size, mask
+    loss_fn, params, args, sigma, xi, key, distribution, adaptive, num_samples, batch_size, mask
 ):
     loss_fn, params, _ = restrict_by_mask(loss_fn, params, mask)
     x, unravel = ravel_pytree(params)
     std = jnp.asarray(sigma, x.dtype) * _scale(x, adaptive, xi)
-    loss = loss_fn(params)
+    loss = loss_fn(params, *args)
     keys = jax.random.split(key, num_samples)
-    increases = _noise_increases(loss_fn, x, unravel, loss, std, keys, distribution, batch_size)
+    increases = _noise_increases(
+        loss_fn, args, x, unravel, loss, std, keys, distribution, batch_size
+    )
     value, stderr = mean_and_stderr(increases)
     return AverageCaseSharpness(
-        value=value, stderr=stderr, loss=loss, num_samples=jnp.asarray(num_samples)
+        value=value,
+        status=_sampled_status(loss, increases),
+        stderr=stderr,
+        loss=loss,
+        num_samples=jnp.asarray(num_samples),
     )
 
 
@@ -536,6 +429,7 @@ _average_case = jax.jit(
 def _pac_bayes(
     loss_fn,
     params,
+    args,
     init_params,
     target,
     magnitude_eps,
@@ -555,7 +449,7 @@ def _pac_bayes(
     d = x - ravel_pytree(init_params)[0].astype(dtype)
     eps2 = jnp.asarray(magnitude_eps, dtype) ** 2
     target = jnp.asarray(target, dtype)
-    loss = loss_fn(params)
+    loss = loss_fn(params, *args)
     keys = jax.random.split(key, num_samples)
 
     def std(sigma: jax.Array) -> jax.Array:
@@ -568,7 +462,7 @@ def _pac_bayes(
         mid = (lo + hi) / 2
         # The same keys at every step: common random numbers.
         samples = _noise_increases(
-            loss_fn, x, unravel, loss, std(mid), keys, "gaussian", batch_size
+            loss_fn, args, x, unravel, loss, std(mid), keys, "gaussian", batch_size
         )
         mid_increase, mid_stderr = mean_and_stderr(samples)
         below = mid_increase <= target  # False for NaN: too much noise
@@ -591,6 +485,7 @@ def _pac_bayes(
         kl_term = jnp.sum(d2) / (4 * sigma**2)
     return PacBayesSigma(
         value=sigma,
+        status=_sampled_status(loss, jnp.zeros(())),
         upper=upper,
         increase=increase,
         stderr=stderr,
@@ -607,7 +502,17 @@ _pac_bayes = jax.jit(
 )
 
 
-def _noise_increases(loss_fn, x, unravel, loss, std, keys, distribution, batch_size):
+def _sampled_status(loss: jax.Array, increases: jax.Array) -> jax.Array:
+    """DIVERGED for a non-finite f(w), NONFINITE_NEARBY for a non-finite sample, else
+    FINISHED (a Monte Carlo measure has no stopping rule)."""
+    return jnp.select(
+        [~jnp.isfinite(loss), ~jnp.all(jnp.isfinite(increases))],
+        [Status.DIVERGED, Status.NONFINITE_NEARBY],
+        Status.FINISHED,
+    ).astype(jnp.int32)
+
+
+def _noise_increases(loss_fn, args, x, unravel, loss, std, keys, distribution, batch_size):
     """(N,) f(w + std * z_k) - f(w), z_k drawn from keys[k]: standard Gaussian or U[-1, 1]."""
 
     def increase(k: jax.Array) -> jax.Array:
@@ -615,7 +520,7 @@ def _noise_increases(loss_fn, x, unravel, loss, std, keys, distribution, batch_s
             z = jax.random.normal(k, x.shape, x.dtype)
         else:
             z = jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0)
-        return loss_fn(unravel(x + std * z)) - loss
+        return loss_fn(unravel(x + std * z), *args) - loss
 
     return map_samples(increase, keys, batch_size)
 

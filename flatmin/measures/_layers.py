@@ -7,13 +7,16 @@ path (a tuple of keys) and returning a bool. Selected leaves are "measured", the
 Both halves keep the structure of `params`, with None in place of the other half's leaves (None
 is an empty pytree, so `ravel_pytree`, `jax.tree.map` and the measures skip it).
 
-Every measure in flatmin.measures.adaptive and flatmin.measures.density takes `only=` directly.
-Any other function of `(loss_fn, params)`, flatmin.sharpness for one, is restricted by `restrict`:
+Worst- and average-case sharpness, the PAC-Bayes sigma and the Hessian's density take `only=`
+directly. Any other measure of `(loss_fn, params, args)`, flatmin.sharpness for one, is
+restricted by `restrict`, which passes the frozen leaves on as an argument (not a constant
+compiled into the program, so another seed's parameters reuse it):
 
-    loss_of_layer, layer = restrict(loss_fn, params, only="dense_1")
-    flatmin.sharpness(loss_of_layer, layer, eps=1e-3)
+    loss_of_layer, layer, layer_args = flatmin.restrict(loss_fn, params, "dense_1", args=args)
+    flatmin.sharpness(loss_of_layer, layer, eps=1e-3, args=layer_args)
 """
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flatmin._checks import check_loss_and_params
+from flatmin._checks import check_args, check_loss_and_params
+from flatmin._types import LossFn, PyTree
 
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
 Only = str | re.Pattern | Callable[[tuple], bool]
 
 
@@ -73,15 +75,26 @@ def merge_params(measured: PyTree, frozen: PyTree) -> PyTree:
     )
 
 
-def restrict(loss_fn: LossFn, params: PyTree, only: Only) -> tuple[LossFn, PyTree]:
-    """(loss_of_measured, measured): the loss as a function of the selected leaves alone, the
-    others frozen at their values in `params`, and the selected leaves themselves.
+@dataclasses.dataclass(frozen=True)
+class Restricted:
+    """loss_fn as a function of the measured leaves: (measured, frozen, *args) -> scalar.
 
-    loss_of_measured closes over the frozen leaves: a new function object per call, so a
-    function that is jitted with the loss as a static argument compiles anew for each call.
-    """
+    A value (equal for equal loss functions), so a measure compiled for it is reused."""
+
+    loss_fn: LossFn
+
+    def __call__(self, measured: PyTree, frozen: PyTree, *args) -> jax.Array:
+        return self.loss_fn(merge_params(measured, frozen), *args)
+
+
+def restrict(
+    loss_fn: LossFn, params: PyTree, only: Only, *, args: tuple = ()
+) -> tuple[Restricted, PyTree, tuple]:
+    """(loss_of_measured, measured, measured_args): the loss as a function of the selected
+    leaves alone, those leaves, and the arguments to pass with them, (frozen, *args): the
+    other leaves stay at their values in `params` and travel as an argument."""
     measured, frozen = split_params(params, only)
-    return (lambda m: loss_fn(merge_params(m, frozen))), measured
+    return Restricted(loss_fn), measured, (frozen, *check_args(args))
 
 
 def split_by_mask(params: PyTree, mask: tuple[bool, ...]) -> tuple[PyTree, PyTree]:
@@ -96,22 +109,25 @@ def restrict_by_mask(
     loss_fn: LossFn, params: PyTree, mask: tuple[bool, ...] | None
 ) -> tuple[LossFn, PyTree, Callable[[PyTree], PyTree]]:
     """For the measures, inside their jitted programs (where the closure costs nothing):
-    (loss of the measured part, measured part, embed), embed mapping a pytree shaped like the
-    measured part to one shaped like `params`, zeros in the frozen leaves. `mask` None selects
-    everything and returns `loss_fn` and `params` themselves."""
+    (loss of the measured part, measured part, embed), the loss taking the same further
+    arguments, and embed mapping a pytree shaped like the measured part to one shaped like
+    `params`, zeros in the frozen leaves. `mask` None selects everything and returns `loss_fn`
+    and `params` themselves."""
     if mask is None:
         return loss_fn, params, lambda tree: tree
     measured, frozen = split_by_mask(params, mask)
     zeros = jax.tree.map(jnp.zeros_like, frozen)
     return (
-        lambda m: loss_fn(merge_params(m, frozen)),
+        lambda m, *args: loss_fn(merge_params(m, frozen), *args),
         measured,
         lambda tree: merge_params(tree, zeros),
     )
 
 
-def check_measure_inputs(loss_fn: Any, params: Any, only: Only | None) -> tuple[bool, ...] | None:
-    """loss_fn and params (floating, non-empty) and the filter `only`, before any work; returns
-    the leaf mask `only` selects (None: every leaf)."""
-    check_loss_and_params(loss_fn, params)
+def check_measure_inputs(
+    loss_fn: Any, params: Any, only: Only | None, args: tuple = ()
+) -> tuple[bool, ...] | None:
+    """loss_fn, params (floating, non-empty), args and the filter `only`, before any work;
+    returns the leaf mask `only` selects (None: every leaf)."""
+    check_loss_and_params(loss_fn, params, args)
     return None if only is None else path_mask(params, only)
