@@ -13,6 +13,7 @@ import scipy.special
 import flatmin.training.train
 from flatmin.training.data import Dataset, load_dataset
 from flatmin.training.models import build_model, init_variables
+from flatmin.training.objective import evaluate
 from flatmin.training.train import Schedule, TrainState, make_train_step, train_seeds
 
 SMALL = {"batch_size": 64, "epochs": 3}
@@ -264,6 +265,24 @@ def test_a_diverged_seed_is_reported_and_the_others_finish(digits):
     np.testing.assert_array_equal(result.diverged_epoch[expected], 1)
     assert np.all(result.epochs[~expected] == SMALL["epochs"])
     assert np.all(np.isfinite(result.history.train_loss[~expected]))
+    # A NaN network has no accuracy (argmax of NaN logits would "predict" class 0).
+    for accuracy in (result.history.train_accuracy, result.history.test_accuracy):
+        assert np.all(np.isnan(accuracy[expected])) and np.all(np.isfinite(accuracy[~expected]))
+
+
+def test_a_network_with_non_finite_outputs_has_nan_accuracy(digits):
+    variables = init_variables(MODEL, jax.random.key(0), (8, 8, 1))
+    x, y = digits.x_test[:100], np.zeros(100, np.int32)  # every label 0: argmax(NaN)'s answer
+    accuracy_of = jax.jit(
+        lambda params: evaluate(MODEL, params, variables["batch_stats"], x, y, chunk_size=32)
+    )
+    loss, accuracy = accuracy_of(variables["params"])
+    assert np.isfinite(loss) and 0 <= accuracy < 1
+    kernel = variables["params"]["Dense_0"]["kernel"]
+    for bad in (np.nan, np.inf):
+        params = {**variables["params"], "Dense_0": {"kernel": kernel.at[:, 0].set(bad)}}
+        loss, accuracy = accuracy_of(params)
+        assert not np.isfinite(loss) and np.isnan(accuracy), (bad, loss, accuracy)
 
 
 @pytest.mark.parametrize(
