@@ -447,6 +447,27 @@ def test_bad_checkpoint_every_raises_before_training(digits, monkeypatch, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("under", [False, True], ids=["a file", "under a file"])
+def test_a_checkpoint_dir_that_cannot_be_a_directory_is_refused_before_any_work(
+    digits, monkeypatch, tmp_path, under
+):
+    """Not after an epoch of work, from orbax's NotADirectoryError: before anything is traced."""
+    for name in ("epoch_program", "init_variables", "_logit_width", "run_identity"):
+        monkeypatch.setattr(flatmin.training.train, name, _not_compiled)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path = blocker / "run" if under else blocker
+    where = f"lies under the file {blocker}" if under else "is an existing file"
+    with pytest.raises(
+        ValueError,
+        match=rf"^checkpoint_dir must be a directory or a path where one can be made; {path} "
+        f"{where}$",
+    ):
+        _train(jax.random.split(jax.random.key(0), 2), digits, checkpoint_dir=path)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert blocker.read_text() == "not a directory"
+
+
 def test_bad_batch_size_and_keys_raise_before_training(digits):
     with pytest.raises(ValueError, match="batch_size"):
         _train(jax.random.split(jax.random.key(0), 2), digits, batch_size=5000)
