@@ -13,6 +13,7 @@ import scipy.special
 import flatmin.training.train
 from flatmin.training.data import Dataset, load_dataset
 from flatmin.training.models import build_model, init_variables
+from flatmin.training.objective import evaluate
 from flatmin.training.train import Schedule, TrainState, make_train_step, train_seeds
 
 SMALL = {"batch_size": 64, "epochs": 3}
@@ -264,6 +265,24 @@ def test_a_diverged_seed_is_reported_and_the_others_finish(digits):
     np.testing.assert_array_equal(result.diverged_epoch[expected], 1)
     assert np.all(result.epochs[~expected] == SMALL["epochs"])
     assert np.all(np.isfinite(result.history.train_loss[~expected]))
+    # A NaN network has no accuracy (argmax of NaN logits would "predict" class 0).
+    for accuracy in (result.history.train_accuracy, result.history.test_accuracy):
+        assert np.all(np.isnan(accuracy[expected])) and np.all(np.isfinite(accuracy[~expected]))
+
+
+def test_a_network_with_non_finite_outputs_has_nan_accuracy(digits):
+    variables = init_variables(MODEL, jax.random.key(0), (8, 8, 1))
+    x, y = digits.x_test[:100], np.zeros(100, np.int32)  # every label 0: argmax(NaN)'s answer
+    accuracy_of = jax.jit(
+        lambda params: evaluate(MODEL, params, variables["batch_stats"], x, y, chunk_size=32)
+    )
+    loss, accuracy = accuracy_of(variables["params"])
+    assert np.isfinite(loss) and 0 <= accuracy < 1
+    kernel = variables["params"]["Dense_0"]["kernel"]
+    for bad in (np.nan, np.inf):
+        params = {**variables["params"], "Dense_0": {"kernel": kernel.at[:, 0].set(bad)}}
+        loss, accuracy = accuracy_of(params)
+        assert not np.isfinite(loss) and np.isnan(accuracy), (bad, loss, accuracy)
 
 
 @pytest.mark.parametrize(
@@ -426,6 +445,27 @@ def test_bad_checkpoint_every_raises_before_training(digits, monkeypatch, tmp_pa
             checkpoint_every=every,
         )
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["a file", "under a file"])
+def test_a_checkpoint_dir_that_cannot_be_a_directory_is_refused_before_any_work(
+    digits, monkeypatch, tmp_path, under
+):
+    """Not after an epoch of work, from orbax's NotADirectoryError: before anything is traced."""
+    for name in ("epoch_program", "init_variables", "_logit_width", "run_identity"):
+        monkeypatch.setattr(flatmin.training.train, name, _not_compiled)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path = blocker / "run" if under else blocker
+    where = f"lies under the file {blocker}" if under else "is an existing file"
+    with pytest.raises(
+        ValueError,
+        match=rf"^checkpoint_dir must be a directory or a path where one can be made; {path} "
+        f"{where}$",
+    ):
+        _train(jax.random.split(jax.random.key(0), 2), digits, checkpoint_dir=path)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert blocker.read_text() == "not a directory"
 
 
 def test_bad_batch_size_and_keys_raise_before_training(digits):

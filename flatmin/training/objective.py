@@ -43,6 +43,9 @@ def evaluate(
 ) -> tuple[jax.Array, jax.Array]:
     """Mean cross-entropy (nats) and accuracy (fraction) over all N examples, evaluation mode.
 
+    The accuracy is NaN when the loss or any example's logits are not finite (a diverged
+    network), not the fraction of argmax hits of its NaN logits.
+
     Args:
       model: called as ``model.apply(variables, x, train=False)``, mapping (n, ...) inputs to
         (n, num_classes) logits.
@@ -73,10 +76,15 @@ def _evaluate(model, params, batch_stats, x, y, chunk_size):
         logits = model.apply(variables, xc, train=False)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
         correct = jnp.argmax(logits, -1) == yc
-        return jnp.sum(jnp.where(mc, ce, 0.0)), jnp.sum(mc & correct)
+        broken = mc & ~jnp.all(jnp.isfinite(logits), axis=-1)
+        return jnp.sum(jnp.where(mc, ce, 0.0)), jnp.sum(mc & correct), jnp.sum(broken)
 
-    ce_sums, correct_counts = jax.lax.map(chunk_sums, (x, y, mask))
-    return jnp.sum(ce_sums) / n, jnp.sum(correct_counts) / n
+    ce_sums, correct_counts, broken = jax.lax.map(chunk_sums, (x, y, mask))
+    loss = jnp.sum(ce_sums) / n
+    # argmax of NaN logits picks class 0, which would read as an accuracy; a network with a
+    # non-finite output (or loss) has none.
+    finite = jnp.isfinite(loss) & (jnp.sum(broken) == 0)
+    return loss, jnp.where(finite, jnp.sum(correct_counts) / n, jnp.nan)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,12 +5,18 @@
 seed that meets its stopping rule (a target training loss, a plateau, or divergence) is frozen
 inside that program while the others go on, so seeds never wait on a recompile and a stopped
 seed's result is exactly its state at the epoch it stopped.
+
+With a `checkpoint_dir`, a run is identified by what determines its results (`run_identity`):
+a checkpoint of another run is refused naming what differs, and a finished run asked for more
+epochs trains on from its checkpoint.
 """
 
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,7 +33,13 @@ from flatmin._checks import (
     check_optional_float,
     check_optional_int,
 )
-from flatmin.runtime.checkpoint import Checkpoints
+from flatmin.runtime.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    check_checkpoint_dir,
+    hash_array,
+    json_ready,
+)
 from flatmin.runtime.sharding import (
     check_mesh,
     gather,
@@ -42,6 +54,9 @@ from flatmin.training.models import init_variables
 from flatmin.training.objective import check_examples, evaluate
 
 PyTree = Any
+
+# Optimizer steps of the probe that identifies an optimizer by what it does (`run_identity`).
+PROBE_STEPS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,12 +232,14 @@ def train_seeds(
         dropped.
       checkpoint_dir: if given, the run's state is saved there with orbax every
         `checkpoint_every` epochs and when it ends, and a rerun resumes from the latest
-        checkpoint (a finished run returns at once). The same result as an uninterrupted run.
-        A checkpoint of another run (model, schedule, keys, data shapes, starting variables,
-        `fingerprint`) is refused.
+        checkpoint: the same result as an uninterrupted run. A finished run returns at once;
+        asked for more epochs, it trains on (seeds stopped by target_loss or patience stay
+        stopped), to the same result as an uninterrupted run of the longer schedule. A
+        checkpoint of another run (see `run_identity`: model, optimizer, data values, schedule
+        but epochs, keys, starting variables, `fingerprint`) is refused naming what differs.
       checkpoint_every: epochs between checkpoints.
-      fingerprint: JSON-able facts that identify the run beyond what train_seeds can see (the
-        optimizer's settings, say), checked with the checkpoints.
+      fingerprint: JSON-able facts that identify the run beyond what train_seeds can see,
+        checked with the checkpoints.
 
     Returns:
       A `TrainResult` (NumPy arrays, padding dropped).
@@ -233,7 +250,12 @@ def train_seeds(
         a leading axis of S; a bad mesh or checkpoint_every; data that
         `flatmin.training.objective.check_examples` refuses (NaN or infinite inputs, labels
         outside [0, data.num_classes), x and y of different lengths, float labels); a
-        batch_size larger than the training set.
+        batch_size larger than the training set; a checkpoint_dir that is an existing file or
+        lies under one.
+      CheckpointError: before training, naming the checkpoint, if checkpoint_dir holds a
+        checkpoint of another run (naming the parts that differ), one that has trained more
+        than `epochs` epochs, or one that is corrupted (an array or the metadata not matching
+        its checksum included). Nothing on disk is changed.
     """
     schedule = Schedule(batch_size, epochs, target_loss, patience, min_improvement, eval_chunk)
     if not isinstance(model, nn.Module):
@@ -248,6 +270,8 @@ def train_seeds(
     keys = _check_keys(keys)
     mesh = check_mesh(mesh)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+    if checkpoint_dir is not None:
+        checkpoint_dir = check_checkpoint_dir("checkpoint_dir", checkpoint_dir)
     check_callable("on_epoch", on_epoch, optional=True)
     num_classes = check_int("data.num_classes", data.num_classes, minimum=2)
     width = _logit_width(model, data.x_train)
@@ -267,35 +291,33 @@ def train_seeds(
         raise ValueError(
             f"batch_size ({schedule.batch_size}) is larger than the training set ({n} examples)"
         )
-    if variables is None:
-        shape = data.x_train.shape[1:]
-        variables = jax.vmap(lambda key: init_variables(model, jax.random.split(key)[0], shape))(
-            keys
-        )
-    elif {leaf.shape[:1] for leaf in jax.tree.leaves(variables)} != {keys.shape}:
+    leading = {leaf.shape[:1] for leaf in jax.tree.leaves(variables)}
+    if variables is not None and leading != {keys.shape}:
         raise ValueError(
             f"variables must be stacked over the {keys.shape[0]} seeds (leading axis S), got "
-            f"leading axes {sorted({leaf.shape[:1] for leaf in jax.tree.leaves(variables)})}"
+            f"leading axes {sorted(leading)}"
         )
-    else:
-        fingerprint = {**(fingerprint or {}), "variables": _digest(variables)}
+    shape = data.x_train.shape[1:]
+    init = jax.vmap(lambda key: init_variables(model, jax.random.split(key)[0], shape))
     start, epoch_fn = epoch_program(schedule, model, optimizer)
     run_epoch = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None)), out_shardings=seed_sharding(mesh))
-    arrays = place(tuple(data[:4]), replicated(mesh))
 
-    checkpoints = None
+    checkpoints, restored = None, None
     if checkpoint_dir is not None:
-        identity = {
-            "model": repr(model),
-            "schedule": dataclasses.asdict(schedule),
-            "data": {"name": data.name, "shapes": [list(np.shape(a)) for a in data[:4]]},
-            "keys": jax.random.key_data(keys),
-            **(fingerprint or {}),
-        }
-        checkpoints = Checkpoints(Path(checkpoint_dir), identity)
+        identity = run_identity(model, optimizer, data, keys, schedule, variables, fingerprint)
+        checkpoints = Checkpoints(checkpoint_dir, identity)
     try:
+        if checkpoints is not None:
+            # Read (or refused) before any of the training is compiled.
+            starting = jax.eval_shape(init, keys) if variables is None else variables
+            carry_shape = jax.eval_shape(jax.vmap(start), keys, starting)
+            restored = checkpoints.restore(
+                partial(_checkpoint_shape, checkpoints.directory, schedule, carry_shape)
+            )
+        if restored is None and variables is None:
+            variables = init(keys)
         carry, history = _run_epochs(
-            schedule, keys, variables, start, run_epoch, arrays, mesh, checkpoints,
+            schedule, keys, variables, restored, start, run_epoch, data, mesh, checkpoints,
             checkpoint_every, on_epoch,
         )  # fmt: skip
     finally:
@@ -319,47 +341,210 @@ def _logit_width(model: nn.Module, x: np.ndarray) -> int:
     return int(logits.shape[-1])
 
 
+def run_identity(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    data: Dataset,
+    keys: jax.Array,
+    schedule: Schedule,
+    variables: PyTree | None,
+    fingerprint: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What a checkpoint of `train_seeds` must match to be continued: {part: JSON-able}.
+
+    Parts (each compared as a whole; a dict part's differing entries are named):
+      model: its repr (flax prints its fields; memory addresses dropped), the shapes and dtypes
+        of its variables, and a sha256 of the jaxprs of what training runs of it (evaluation
+        and training mode apply; `init_variables` when variables is None) with their
+        constants: a change of code in the model's methods (a fixed bug) shows there.
+      optimizer: the layout of its state (tree, shapes, dtypes) and a sha256 of its updates
+        in `PROBE_STEPS` steps from its init state on fixed pseudo-random parameters of the
+        model's shapes and fixed gradients, computed on the CPU (`_optimizer_probe`).
+      data: the four arrays' shapes and dtypes, num_classes, and a sha256 of their values
+        (streamed). The data's name is not part of it: equal arrays are the same data.
+      schedule: every field but `epochs` (a run may be continued with more epochs).
+      keys: the PRNG implementation and the keys' data.
+      starting variables: a sha256 of `variables`, or that they come from `model.init`.
+      fingerprint: the caller's own facts.
+
+    Not covered: code outside what is traced (a Python-side change that produces the same
+    jaxprs, which then computes the same thing); an optimizer whose difference shows only after
+    PROBE_STEPS steps (a schedule's later boundaries, a decay too slow to change a float32 in
+    the first steps, gradient accumulation over more steps) or that depends on update
+    arguments train_seeds does not pass; the mesh (device count) the run is sharded over. The
+    digests of traced code and computed numbers are exact: another jax, flax or optax version,
+    or another machine, may trace or round them differently and refuse a checkpoint of an
+    unchanged run (the refusal then names those versions).
+    """
+    shape = data.x_train.shape[1:]
+    abstract = jax.eval_shape(lambda key: init_variables(model, key, shape), jax.random.key(0))
+    return {
+        "model": _model_identity(model, abstract, data.x_train, with_init=variables is None),
+        "optimizer": _optimizer_identity(optimizer, abstract["params"]),
+        "data": _data_identity(data),
+        "schedule": {k: v for k, v in dataclasses.asdict(schedule).items() if k != "epochs"},
+        "keys": [str(jax.random.key_impl(keys)), np.asarray(jax.random.key_data(keys))],
+        "starting variables": "model.init" if variables is None else _digest(variables),
+        "fingerprint": json_ready(fingerprint or {}),
+    }
+
+
+def _model_identity(
+    model: nn.Module, variables: PyTree, x: np.ndarray, with_init: bool
+) -> dict[str, Any]:
+    """The model's repr, its `variables`' layout and a digest of its traced computation on
+    inputs like x (see `run_identity`); shapes only, nothing is computed."""
+    # Two examples: batch norm in training mode is then traced as it trains.
+    xs = jax.ShapeDtypeStruct((2, *np.shape(x)[1:]), jnp.result_type(x))
+    key = jax.random.key(0)
+    traced = [
+        jax.make_jaxpr(lambda v, xs: model.apply(v, xs, train=False))(variables, xs),
+        jax.make_jaxpr(
+            lambda v, xs, k: model.apply(
+                v, xs, train=True, mutable=["batch_stats"], rngs={"dropout": k}
+            )
+        )(variables, xs, key),
+    ]
+    if with_init:
+        traced.append(jax.make_jaxpr(lambda k: init_variables(model, k, np.shape(x)[1:]))(key))
+    digest = hashlib.sha256()
+    for jaxpr in traced:
+        digest.update(str(jaxpr).encode())
+        for const in jaxpr.consts:  # arrays the code closes over are not printed
+            hash_array(digest, const)
+    return {
+        "repr": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model)),
+        "variables": _layout(variables),
+        "computation": digest.hexdigest(),
+    }
+
+
+def _optimizer_identity(optimizer: optax.GradientTransformation, params: PyTree) -> dict:
+    """The optimizer's state layout and a digest of its probe's updates (see `run_identity`)."""
+    state = jax.eval_shape(optimizer.init, params)
+    digest = hashlib.sha256()
+    for update in jax.tree.leaves(_optimizer_probe(optimizer, params)):
+        hash_array(digest, update)
+    return {"state": _layout(state), "updates": digest.hexdigest()}
+
+
+def _optimizer_probe(optimizer: optax.GradientTransformation, params: PyTree) -> list[PyTree]:
+    """The optimizer's updates in PROBE_STEPS steps from `optimizer.init`, called as train_step
+    calls it, on fixed parameters of params' shapes and dtypes with fixed gradients.
+
+    Computed on the CPU when jax has one, so that the digest does not depend on the
+    accelerator: deterministic on one machine and jax version.
+    """
+
+    def probe(params, gradients):
+        state, updates = optimizer.init(params), []
+        for grads in gradients:
+            update, state = optimizer.update(grads, state, params)
+            params = optax.apply_updates(params, update)
+            updates.append(update)
+        return updates
+
+    try:
+        device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without cpu
+        device = jax.local_devices()[0]
+    gradients = [_fixed_values(step, params) for step in range(1, PROBE_STEPS + 1)]
+    with jax.default_device(device):
+        return jax.jit(probe)(_fixed_values(0, params), gradients)
+
+
+def _fixed_values(seed: int, tree: PyTree) -> PyTree:
+    """Arrays of tree's shapes (floating dtypes; float32 for others) with values spread over
+    [-1, 1): an integer hash of (seed, leaf, index), exact arithmetic, so the same on every
+    machine, and cheap (no PRNG program to compile)."""
+    mask = np.uint64(0xFFFFFFFF)
+
+    def values(leaf_index, leaf):
+        dtype = leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else np.float32
+        x = np.arange(int(np.prod(leaf.shape)), dtype=np.uint64)
+        x = (x + np.uint64(((seed * 65537 + leaf_index * 257) << 24) % (1 << 32))) & mask
+        for _ in range(2):  # a 32-bit integer mixer ("lowbias32"-like): neighbours decorrelate
+            x = (((x >> np.uint64(16)) ^ x) * np.uint64(0x45D9F3B)) & mask
+        x = (x >> np.uint64(16)) ^ x
+        return (x.astype(np.float64) / 2**31 - 1).astype(dtype).reshape(leaf.shape)
+
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef.unflatten([values(i, leaf) for i, leaf in enumerate(leaves)])
+
+
+def _data_identity(data: Dataset) -> dict[str, Any]:
+    """The data's shapes, dtypes, num_classes and a sha256 of its four arrays."""
+    digest = hashlib.sha256()
+    for array in data[:4]:
+        hash_array(digest, array)
+    return {
+        "shapes": [list(np.shape(a)) for a in data[:4]],
+        "dtypes": [str(np.dtype(a.dtype)) for a in data[:4]],
+        "num_classes": data.num_classes,
+        "values": digest.hexdigest(),
+    }
+
+
+def _layout(tree: PyTree) -> str:
+    """A tree's structure and its leaves' shapes and dtypes, as text."""
+    shapes = jax.tree.map(lambda a: f"{np.dtype(a.dtype)}{list(a.shape)}", tree)
+    return f"{jax.tree.structure(tree)} {jax.tree.leaves(shapes)}"
+
+
 def _digest(tree: Any) -> str:
-    """sha256 of a pytree's leaves' bytes: which starting variables a run began from."""
+    """sha256 of a pytree's leaves: which starting variables a run began from."""
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+        hash_array(digest, leaf)
     return digest.hexdigest()
 
 
+def _checkpoint_shape(
+    directory: Path, schedule: Schedule, carry: SeedCarry, meta: Mapping[str, Any]
+) -> dict:
+    """The abstract tree of a checkpoint that trained meta["epoch"] epochs; refuses one that
+    trained more than schedule.epochs (its state after schedule.epochs is not kept)."""
+    trained = int(meta["epoch"])
+    if trained > schedule.epochs:
+        raise CheckpointError(
+            f"checkpoint {directory} holds a run that has trained {trained} epochs, more than "
+            f"epochs={schedule.epochs}, and its state at epoch {schedule.epochs} was not kept. "
+            f"Nothing was changed; ask for epochs >= {trained} to get it back (or continue it), "
+            f"or use another checkpoint_dir, or delete {directory} to start over."
+        )
+    return _checkpoint_tree(carry, _history_shape(carry.stop.done.shape[0], trained))
+
+
 def _run_epochs(
-    schedule, keys, variables, start, run_epoch, arrays, mesh, checkpoints, every, on_epoch
-):
-    """The epoch loop of `train_seeds`, resumed from `checkpoints` when they hold a run.
+    schedule, keys, variables, restored, start, run_epoch, data, mesh, checkpoints, every,
+    on_epoch,
+):  # fmt: skip
+    """The epoch loop of `train_seeds`, from `variables` or from a `restored` checkpoint.
 
     Returns the final carry (sharded, padded) and the per-epoch metrics (padding dropped)."""
     num_seeds = keys.shape[0]
     size = padded_size(num_seeds, mesh)
     seeds = seed_sharding(mesh)
-    restored = None
-    if checkpoints is not None:
-        abstract = _checkpoint_tree(
-            jax.eval_shape(jax.vmap(start), keys, variables),
-            _history_shape(num_seeds, schedule.epochs),
-        )
-        restored = checkpoints.restore(abstract)
     if restored is None:
         padded = place(pad_seeds((keys, variables), size), seeds)
         carry = jax.jit(jax.vmap(start), out_shardings=seeds)(*padded)
-        history, first_epoch, finished = [], 0, False
+        history, epoch, stopped = [], 0, False
     else:
         tree, meta = restored
         carry = place(
             pad_seeds(_from_checkpoint(tree["carry"], jax.random.key_impl(keys)), size), seeds
         )
-        first_epoch, finished = int(meta["epoch"]), bool(meta["finished"])
+        epoch = int(meta["epoch"])
+        # Seeds stopped by their rules stay stopped; a run that only ran out of epochs goes on.
+        stopped = bool(np.all(np.asarray(tree["carry"].stop.done)))
         history = [
             EpochMetrics(*(np.asarray(column)[:, e] for column in tree["history"]))
-            for e in range(first_epoch)
+            for e in range(epoch)
         ]
 
-    epoch = first_epoch
-    while not finished and epoch < schedule.epochs:
+    arrays = place(tuple(data[:4]), replicated(mesh))
+    finished = stopped or epoch >= schedule.epochs
+    while not finished:
         carry = run_epoch(carry, (np.int32(epoch), *arrays))
         epoch += 1
         metrics, done = gather((carry.metrics, carry.stop.done), num_seeds)
@@ -370,8 +555,8 @@ def _run_epochs(
         if checkpoints is not None and (finished or epoch % every == 0):
             checkpoints.save(
                 epoch,
-                _checkpoint_tree(gather(carry, num_seeds), _stack(history, schedule.epochs)),
-                {"epoch": epoch, "finished": finished},
+                _checkpoint_tree(gather(carry, num_seeds), _stack(history)),
+                {"epoch": epoch, "epochs": schedule.epochs, "finished": finished},
             )
     return carry, history
 
@@ -415,13 +600,9 @@ def _history_shape(num_seeds: int, epochs: int) -> EpochMetrics:
     return EpochMetrics(column, column, column)
 
 
-def _stack(history: list[EpochMetrics], epochs: int | None = None) -> EpochMetrics:
-    """Per-epoch metrics -> EpochMetrics of (S, E) arrays; NaN-padded to `epochs` columns."""
+def _stack(history: list[EpochMetrics]) -> EpochMetrics:
+    """Per-epoch metrics -> EpochMetrics of (S, E) arrays."""
     columns = [np.stack(column, axis=1).astype(np.float32) for column in zip(*history, strict=True)]
-    if epochs is not None:
-        columns = [
-            np.pad(c, ((0, 0), (0, epochs - c.shape[1])), constant_values=np.nan) for c in columns
-        ]
     return EpochMetrics(*columns)
 
 
