@@ -14,7 +14,7 @@ repeat by repeat (ratios are medians of per-repeat ratios):
 * scipy: `flatmin.reference.scipy_sharpness`, the authors' route (fmin_l_bfgs_b from y = 0,
   defaults, maxiter 10), its box computed beforehand and added;
 * each solver of SOLVERS, started at y = 0 (scipy's start), through `flatmin.solve_sharpness`,
-  its evaluations as the result reports them (tests/test_solvers.py checks those counts
+  its evaluations as the result reports them (tests/measures/test_solvers.py checks those counts
   against a host callback).
 
 Then, full space: SEEDS seeds vmapped through `flatmin.seed_sharpness` against the same seeds

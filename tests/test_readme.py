@@ -103,7 +103,7 @@ def _experiment_tables() -> dict[Path, str]:
 
 
 def _benchmark_tables() -> dict[Path, str]:
-    from benchmark_support import load_benchmark
+    from .support.benchmark_support import load_benchmark
 
     tables = {}
     for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):

@@ -14,11 +14,12 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 import pytest
-from benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
 
 import flatmin
 import flatmin.measures._lbfgsb
 from benchmarks import _timing as timing
+
+from ..support.benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
 
 
 def _check_json(tmp_path: Path, timing: ModuleType, results: dict) -> dict:
@@ -132,7 +133,7 @@ def test_solver_cost_objectives_exercise_both_cauchy_points(monkeypatch):
 @pytest.mark.slow
 def test_compile_quick_sharded_over_forced_devices(tmp_path):
     """With 4 forced CPU devices the sharded epoch is compiled and timed, on all 4."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "compile.json"
     done = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "compile.py"), "--quick", "--repeats", "1",

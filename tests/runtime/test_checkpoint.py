@@ -27,8 +27,8 @@ from experiments import sharpness_table  # the script, imported as a module
 from flatmin.runtime.checkpoint import CheckpointError, Checkpoints, RunDirectory
 from flatmin.training.data import Dataset, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-CHILD = str(ROOT / "tests" / "interrupted_run.py")
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = str(ROOT / "tests" / "harnesses" / "interrupted_run.py")
 
 # No warning is ignored here. The one test whose orbax restore fails part-way (a truncated
 # checkpoint) runs that restore in a child process: tensorstore's reads that the failed restore
@@ -409,8 +409,9 @@ def test_a_diverged_seed_is_marked_and_excluded_from_means(digits, monkeypatch, 
 def _run_script(out: Path, ready_fd: int | None = None) -> tuple[subprocess.Popen, Path]:
     """Starts a small sharpness_table run into `out`; its stderr goes to a file beside `out`.
 
-    With `ready_fd` (a pipe's write end) the run goes through tests/interrupted_run.py, which
-    writes a line to it once the first checkpoint is on disk and then waits to be killed."""
+    With `ready_fd` (a pipe's write end) the run goes through
+    tests/harnesses/interrupted_run.py, which writes a line to it once the first checkpoint is
+    on disk and then waits to be killed."""
     args = ["--seeds", "2", "--epochs", "6", "--hidden", "16", "--checkpoint-every", "1"]
     script = str(ROOT / "experiments" / "sharpness_table.py")
     command = [script] if ready_fd is None else [CHILD, str(ready_fd)]

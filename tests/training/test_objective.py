@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits, shallow_cnn_logits
 
 import flatmin
 import flatmin.training.objective
 from flatmin.training.models import build_model, init_variables
 from flatmin.training.objective import Objective, batch_norm_statistics, evaluate
+
+from ..support.forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits, shallow_cnn_logits
 
 
 @pytest.fixture(scope="module")

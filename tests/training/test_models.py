@@ -9,9 +9,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from forward_oracles import deep_cnn_logits, mlp_logits, shallow_cnn_logits
 
 from flatmin.training.models import MODELS, build_model, init_variables
+
+from ..support.forward_oracles import deep_cnn_logits, mlp_logits, shallow_cnn_logits
 
 NUM_CLASSES = 7  # not 10, so that a hard-coded class count would show
 

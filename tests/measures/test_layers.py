@@ -1,8 +1,8 @@
 """Tests of the per-layer filter (flatmin.restrict, split_params, merge_params) and of every
 measure restricted to one layer.
 
-Oracles: the measures' closed forms (tests/test_adaptive.py, tests/test_density.py) on the
-selected block alone: the dual norm of the layer's gradient, the trace and spectrum of the
+Oracles: the measures' closed forms (tests/measures/test_adaptive.py and test_density.py) on
+the selected block alone: the dual norm of the layer's gradient, the trace and spectrum of the
 layer's diagonal block of H, the vertex maximum over the layer's part of Keskar's box. Per-layer
 on a one-layer model must equal the whole-model measure.
 """
@@ -14,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from oracles import U32, flat64, halfwidths, phi, spacing32
-from quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 import flatmin
 from flatmin.measures import merge_params, restrict, split_params
 from flatmin.measures._layers import path_mask
+
+from ..support.oracles import U32, flat64, halfwidths, phi, spacing32
+from ..support.quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 # jax.tree.leaves order of NESTED_SHAPES: conv, dense.bias, dense.kernel, scale, z.
 DENSE = (False, True, True, False, False)

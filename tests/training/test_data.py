@@ -624,7 +624,7 @@ def test_import_flatmin_does_not_import_the_dataset_packages():
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).parents[1],  # this checkout's flatmin
+        cwd=Path(__file__).parents[2],  # this checkout's flatmin
     ).stdout
     assert "'flatmin'" in out
     assert "'mlxtend'" not in out and "'mnist1d'" not in out

@@ -1,7 +1,7 @@
 """Run by test_sharding.py: an experiment script with every file-system change it makes from
 Python under a directory recorded, so the test can tell which process wrote what.
 
-    python tests/audited_run.py LOG WATCHED SCRIPT [flags ...]
+    python tests/harnesses/audited_run.py LOG WATCHED SCRIPT [flags ...]
 
 runs SCRIPT as __main__ with the flags, after installing a `sys.addaudithook` hook that
 appends one JSON line to LOG, [event, path], for every file under WATCHED that the process
@@ -17,7 +17,7 @@ import runpy
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 

@@ -1,6 +1,6 @@
 """Tests of flatmin.sharpness / flatmin.solve_sharpness (Keskar et al. 2017, Metric 2.1).
 
-Every expected number comes from an independent oracle (tests/oracles.py): closed forms for
+Every expected number comes from an independent oracle (tests/support/oracles.py): closed forms for
 separable quadratics, enumeration of the box's vertices for convex quadratics in a subspace,
 dense 1-D grids for a separable nonconvex function, scipy's L-BFGS-B (the paper's route), and
 an interval bound for a trained network. None is taken from flatmin's own output.
@@ -15,7 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from oracles import (
+
+import flatmin
+
+from ..support.oracles import (
     U32,
     flat64,
     halfwidths,
@@ -26,9 +29,7 @@ from oracles import (
     tree_inside_box,
     vertices,
 )
-from trained import digits_arrays, train
-
-import flatmin
+from ..support.trained import digits_arrays, train
 
 SOLVERS = (flatmin.LBFGSB(), flatmin.ProjectedGradient())
 SOLVER_IDS = ("lbfgsb", "projected_gradient")

@@ -22,7 +22,7 @@ from flatmin.runtime.sharding import (
     seed_sharding,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(devices: int) -> dict:
@@ -81,7 +81,7 @@ def test_bad_distributed_arguments(coordinator, num_processes, process_id, match
 def test_sharded_sweep_equals_single_device():
     """3 seeds over 4 devices (padded to 4) against the same 3 seeds on one device."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "sharded_sweep.py")],
+        [sys.executable, str(ROOT / "tests" / "harnesses" / "sharded_sweep.py")],
         env=_env(4),
         capture_output=True,
         text=True,
@@ -135,7 +135,7 @@ def test_two_processes_run_one_sweep_and_agree_with_one_process(tmp_path):
     procs = [
         subprocess.Popen(
             [
-                sys.executable, str(ROOT / "tests" / "audited_run.py"),
+                sys.executable, str(ROOT / "tests" / "harnesses" / "audited_run.py"),
                 str(tmp_path / f"writes-{i}.jsonl"), str(multi), script,
                 *SWEEP, "--out", str(multi),
                 *("--coordinator", f"unix:{socket_path}"),

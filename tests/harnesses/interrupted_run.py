@@ -1,7 +1,7 @@
 """Run by test_checkpoint.py in a child process: experiments/sharpness_table.py, stopped at a
 known point so that the parent can kill it there without timing assumptions.
 
-    python tests/interrupted_run.py READY_FD [sharpness_table flags ...]
+    python tests/harnesses/interrupted_run.py READY_FD [sharpness_table flags ...]
 
 `flatmin.runtime.checkpoint.Checkpoints.save` is wrapped: after the first checkpoint is completely
 written (orbax has renamed it into place), the child writes "<directory> <step>" and a newline

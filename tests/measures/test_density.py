@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from quadratics import N, h32, nested, quadratic, rotated, separable
 
 from flatmin.measures import HessianDensity, Status, hessian_density
+
+from ..support.quadratics import N, h32, nested, quadratic, rotated, separable
 
 
 def _normal(seed: int):

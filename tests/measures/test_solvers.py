@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from oracles import halfwidths, phi, scipy_lbfgsb_route
-from trained import digits_arrays, train
 
 import flatmin
 from flatmin import solver_to_json
 from flatmin.measures import _lbfgsb as lbfgsb
 from flatmin.measures._lbfgsb import _subspace_step
+
+from ..support.oracles import halfwidths, phi, scipy_lbfgsb_route
+from ..support.trained import digits_arrays, train
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import scipy.sparse.linalg
-from forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits
 from jax.flatten_util import ravel_pytree
 
 import flatmin
 import flatmin.paper
 from experiments import _cli, batch_size_sweep, parametric_plot, spectrum, warm_start
 from flatmin.training.data import load_dataset
+
+from ..support.forward_oracles import BN_EPS, loss_and_accuracy, mlp_logits
 
 TINY = ["--config", "digits", "--hidden", "16", "--seeds", "2"]
 # The scripts measure every route of the config; the first-order check below is one of the

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [
     sys.executable, str(ROOT / "experiments" / "sharpness_table.py"), "--config", "digits",
     "--hidden", "16", "--seeds", "2", "--epochs", "2", "--maxiter", "3",
@@ -46,7 +46,7 @@ def test_one_and_four_devices_agree_in_distribution_after_training():
     """8 seeds trained for 12 epochs (1080 Adam steps) on one device and sharded over four: each
     quantity's mean over seeds differs by less than three standard errors of the difference."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "device_equivalence.py")],
+        [sys.executable, str(ROOT / "tests" / "harnesses" / "device_equivalence.py")],
         capture_output=True, text=True, timeout=900, check=False,
         env=os.environ | {"PYTHONPATH": str(ROOT)},
     )  # fmt: skip

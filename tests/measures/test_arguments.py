@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from trained import digits_arrays
 
 import flatmin
+
+from ..support.trained import digits_arrays
 
 EXAMPLES = 200  # per data set: two disjoint slices of digits of this size
 

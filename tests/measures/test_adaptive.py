@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 import scipy.optimize
 import scipy.stats
-from oracles import U32, flat64, halfwidths, phi, spacing32
-from quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 import flatmin
 from flatmin.measures import (
@@ -29,6 +27,9 @@ from flatmin.measures import (
     pac_bayes_sigma,
     worst_case_sharpness,
 )
+
+from ..support.oracles import U32, flat64, halfwidths, phi, spacing32
+from ..support.quadratics import N, h32, linear, linear_slack, nested, quadratic, rotated, separable
 
 
 def _normal(rng, scale=1.0):
@@ -142,7 +143,7 @@ def test_worst_case_with_xi_1_is_keskars_inner_maximum():
     """Oracle: with xi = 1 and rho = eps the l-inf ball is Metric 2.1's box |delta_i| <=
     eps (|w_i| + 1); for a separable convex quadratic centred at w its maximum is
     1/2 sum h_i r_i^2, at any vertex. flatmin.sharpness reports the same maximum as a percentage
-    of 1 + f(w) (its defaults reach 99.5% of it here: tests/test_sharpness.py)."""
+    of 1 + f(w) (its defaults reach 99.5% of it here: tests/measures/test_sharpness.py)."""
     rng = np.random.default_rng(1)
     eps, c0 = 1e-3, 0.25
     params = nested(_normal(rng))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from oracles import U32, spacing32
+
+from .oracles import U32, spacing32
 
 NESTED_SHAPES = {
     "dense": {"kernel": (4, 5), "bias": (5,)},

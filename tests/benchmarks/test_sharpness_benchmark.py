@@ -9,7 +9,8 @@ import math
 
 import jax.numpy as jnp
 import pytest
-from benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
+
+from ..support.benchmark_support import TIMING_KEYS, json_numbers, load_benchmark
 
 # Differences of medians: noise can make them negative (or their quotients non-finite, None).
 DIFFERENCES = {"overhead_vs_floor_in_y"}
@@ -72,7 +73,7 @@ def test_sharpness_benchmark_quick(tmp_path, capsys):
             assert entry["run"]["median_s"] > 0 and entry["compile_s"] > 0
             assert entry["overhead"]["median"] > 0 and entry["speedup_vs_scipy"]["median"] > 0
             assert entry["value"] >= 0
-            # The counts tests/test_solvers.py pins: the floor (maxiter + 1) for flatmin's
+            # The counts tests/measures/test_solvers.py pins: the floor (maxiter + 1) for flatmin's
             # L-BFGS-B, one more for projected gradient, scipy's own for the paper's route.
             expected = {"lbfgsb": bench.MAXITER + 1, "projected_gradient": bench.MAXITER + 2}
             if name in expected:
